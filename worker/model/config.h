@@ -58,7 +58,12 @@ struct ModelConfig {
 // Parses a config.json document; `what` names it in errors ("…/config.json: field
 // 'num_attention_heads': …"). Unknown architectures are NOT_FOUND-free INVALID_ARGUMENT errors
 // naming `model_type` / `architectures`.
+// Missing optional fields take transformers' defaults for the architecture (Mistral's
+// sliding_window 4096 when absent, null -> 0; Mixtral rope_theta 1e6, rms_norm_eps 1e-5).
+// rope_scaling type "default" means none; "yarn" etc. are rejected. transformers 5's
+// "rope_parameters" / "dtype" are read when "rope_scaling" / "torch_dtype" are absent.
 absl::StatusOr<ModelConfig> ParseHfConfig(const nlohmann::json& json, absl::string_view what);
+// Reads `path`, parses it with ParseHfConfig and checks it with ValidateConfig.
 absl::StatusOr<ModelConfig> LoadHfConfig(const std::string& path);
 
 // Checks internal consistency (positive sizes, heads divide hidden size, KV heads divide heads,
