@@ -17,7 +17,7 @@ int RunInspect(const InspectOptions& options);
 struct TokenizeOptions {
   std::string model;  // GGUF file or HF model directory
   std::string text;
-  bool ids = false;               // print the ids as a JSON array
+  bool ids = false;  // print the ids as a JSON array
   bool add_special_tokens = false;
 };
 // Prints the token ids (--ids) or one line per token (id, piece, decoded text).

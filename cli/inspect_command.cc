@@ -26,12 +26,12 @@ nlohmann::json ConfigJson(const ModelConfig& c) {
       {"tie_word_embeddings", c.tie_word_embeddings},
   };
   if (!c.rope_scaling.type.empty()) {
-    j["rope_scaling"] = {{"type", c.rope_scaling.type},
-                         {"factor", c.rope_scaling.factor},
-                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
-                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
-                         {"original_max_position_embeddings",
-                          c.rope_scaling.original_max_position_embeddings}};
+    j["rope_scaling"] = {
+        {"type", c.rope_scaling.type},
+        {"factor", c.rope_scaling.factor},
+        {"low_freq_factor", c.rope_scaling.low_freq_factor},
+        {"high_freq_factor", c.rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
   }
   if (c.sliding_window > 0) j["sliding_window"] = c.sliding_window;
   if (c.num_local_experts > 0) {
@@ -100,8 +100,8 @@ int RunInspect(const InspectOptions& options) {
   std::cout << absl::StrFormat("\n%-*s  %-7s  %-16s  %12s\n", width, "name", "dtype", "shape",
                                "bytes");
   for (const auto& t : tensors) {
-    std::cout << absl::StrFormat("%-*s  %-7s  %-16s  %12d\n", width,
-                                 t["name"].get<std::string>(), t["dtype"].get<std::string>(),
+    std::cout << absl::StrFormat("%-*s  %-7s  %-16s  %12d\n", width, t["name"].get<std::string>(),
+                                 t["dtype"].get<std::string>(),
                                  ShapeString(t["shape"].get<std::vector<int64_t>>()),
                                  t["bytes"].get<uint64_t>());
   }

@@ -14,14 +14,14 @@ int main(int argc, char** argv) {
 
   cli::InspectOptions inspect;
   CLI::App* inspect_cmd =
-      app.add_subcommand("inspect", "Print a model's config and tensor table (name, dtype, "
-                                    "shape, bytes)");
+      app.add_subcommand("inspect",
+                         "Print a model's config and tensor table (name, dtype, "
+                         "shape, bytes)");
   inspect_cmd->add_option("path", inspect.path, "GGUF file or HF model directory")->required();
   inspect_cmd->add_flag("--json", inspect.json, "Print JSON instead of a table");
 
   cli::TokenizeOptions tokenize;
-  CLI::App* tokenize_cmd =
-      app.add_subcommand("tokenize", "Tokenize text with a model's tokenizer");
+  CLI::App* tokenize_cmd = app.add_subcommand("tokenize", "Tokenize text with a model's tokenizer");
   tokenize_cmd->add_option("--model", tokenize.model, "GGUF file or HF model directory")
       ->required();
   tokenize_cmd->add_flag("--ids", tokenize.ids, "Print only the token ids, as a JSON array");

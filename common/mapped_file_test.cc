@@ -13,9 +13,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
-}
+std::string TempPath(const std::string& name) { return ::testing::TempDir() + "/" + name; }
 
 TEST(MappedFileTest, MapsContents) {
   std::string path = TempPath("mapped_file_test.bin");

@@ -12,10 +12,10 @@
 #define SHARDSERVE_CONCAT_(a, b) SHARDSERVE_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing function if not OK.
-#define RETURN_IF_ERROR(expr)                                  \
-  do {                                                         \
-    ::absl::Status shardserve_status_ = (expr);                \
-    if (!shardserve_status_.ok()) return shardserve_status_;   \
+#define RETURN_IF_ERROR(expr)                                \
+  do {                                                       \
+    ::absl::Status shardserve_status_ = (expr);              \
+    if (!shardserve_status_.ok()) return shardserve_status_; \
   } while (0)
 
 // ASSIGN_OR_RETURN(auto x, MaybeX()) or ASSIGN_OR_RETURN(x, MaybeX()): evaluates an

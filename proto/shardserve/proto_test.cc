@@ -64,13 +64,14 @@ void CollectDeclarations(const FileDescriptorProto& file,
           add_enum(p, m.enum_type(e));
         }
       };
-  for (int i = 0; i < file.message_type_size(); ++i) add_message({kFileMessage, i}, file.message_type(i));
+  for (int i = 0; i < file.message_type_size(); ++i)
+    add_message({kFileMessage, i}, file.message_type(i));
   for (int i = 0; i < file.enum_type_size(); ++i) add_enum({kFileEnum, i}, file.enum_type(i));
   for (int i = 0; i < file.service_size(); ++i) {
     out->push_back({{kFileService, i}, "service " + file.service(i).name()});
     for (int m = 0; m < file.service(i).method_size(); ++m) {
-      out->push_back({{kFileService, i, kServiceMethod, m},
-                      "rpc " + file.service(i).method(m).name()});
+      out->push_back(
+          {{kFileService, i, kServiceMethod, m}, "rpc " + file.service(i).method(m).name()});
     }
   }
 }
@@ -87,10 +88,9 @@ TEST(ProtoTest, EveryDeclarationIsCommented) {
     CollectDeclarations(file, &declarations);
     for (const auto& [path, what] : declarations) {
       auto it = locations.find(path);
-      bool commented = it != locations.end() &&
-                       (!it->second->leading_comments().empty() ||
-                        !it->second->trailing_comments().empty() ||
-                        it->second->leading_detached_comments_size() > 0);
+      bool commented = it != locations.end() && (!it->second->leading_comments().empty() ||
+                                                 !it->second->trailing_comments().empty() ||
+                                                 it->second->leading_detached_comments_size() > 0);
       EXPECT_TRUE(commented) << file.name() << ": " << what << " has no comment";
     }
   }
@@ -117,7 +117,8 @@ TEST(ProtoTest, RpcShapes) {
   EXPECT_FALSE(chat->FindMethodByName("Chat")->client_streaming());
   EXPECT_FALSE(chat->FindMethodByName("ListModels")->server_streaming());
 
-  const auto* worker = worker::v1::GenerateRequest::descriptor()->file()->FindServiceByName("Worker");
+  const auto* worker =
+      worker::v1::GenerateRequest::descriptor()->file()->FindServiceByName("Worker");
   EXPECT_EQ(worker->full_name(), "shardserve.worker.v1.Worker");
   EXPECT_TRUE(worker->FindMethodByName("Generate")->server_streaming());
   EXPECT_EQ(worker->FindMethodByName("Generate")->output_type()->full_name(),

@@ -42,8 +42,8 @@ absl::StatusOr<std::optional<std::string>> ChatTemplateSource(const nlohmann::js
   if (it->is_string()) return it->get<std::string>();
   if (it->is_array()) {
     for (const auto& entry : *it) {
-      if (entry.is_object() && entry.value("name", "") == "default" &&
-          entry.contains("template") && entry["template"].is_string()) {
+      if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
+          entry["template"].is_string()) {
         return entry["template"].get<std::string>();
       }
     }
@@ -62,8 +62,9 @@ absl::StatusOr<std::vector<int32_t>> EosIds(const nlohmann::json& config, const 
   auto add = [&](const nlohmann::json& v) -> absl::Status {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
       return absl::InvalidArgumentError(
-          absl::StrCat(what, ": field 'eos_token_id' must be a non-negative integer or a list "
-                             "of them"));
+          absl::StrCat(what,
+                       ": field 'eos_token_id' must be a non-negative integer or a list "
+                       "of them"));
     }
     ids.push_back(v.get<int32_t>());
     return absl::OkStatus();
@@ -170,8 +171,7 @@ absl::StatusOr<ModelText> LoadModelTextFromGguf(const GgufFile& gguf) {
   ASSIGN_OR_RETURN(std::vector<int64_t> types,
                    Optional(gguf.GetIntArray("tokenizer.ggml.token_type"), {}));
   vocab.token_types.assign(types.begin(), types.end());
-  ASSIGN_OR_RETURN(vocab.merges,
-                   Optional(gguf.GetStringArray("tokenizer.ggml.merges"), {}));
+  ASSIGN_OR_RETURN(vocab.merges, Optional(gguf.GetStringArray("tokenizer.ggml.merges"), {}));
   ASSIGN_OR_RETURN(vocab.bos_id, Optional(gguf.GetInt("tokenizer.ggml.bos_token_id"), -1L));
   ASSIGN_OR_RETURN(vocab.eos_id, Optional(gguf.GetInt("tokenizer.ggml.eos_token_id"), -1L));
   ASSIGN_OR_RETURN(vocab.unk_id, Optional(gguf.GetInt("tokenizer.ggml.unknown_token_id"), -1L));
@@ -200,9 +200,9 @@ absl::StatusOr<ModelText> LoadModelTextFromGguf(const GgufFile& gguf) {
   ASSIGN_OR_RETURN(std::string source,
                    Optional(gguf.GetString("tokenizer.chat_template"), std::string()));
   if (!source.empty()) {
-    ASSIGN_OR_RETURN(ChatTemplate tmpl,
-                     ChatTemplate::Parse(source, absl::StrCat(gguf.path(),
-                                                              " tokenizer.chat_template")));
+    ASSIGN_OR_RETURN(
+        ChatTemplate tmpl,
+        ChatTemplate::Parse(source, absl::StrCat(gguf.path(), " tokenizer.chat_template")));
     text.chat_template.emplace(std::move(tmpl));
   }
   return text;

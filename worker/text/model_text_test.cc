@@ -28,8 +28,8 @@ fs::path CopyTextFiles(const std::string& name) {
   fs::path dst = fs::path(::testing::TempDir()) / name;
   fs::remove_all(dst);
   fs::create_directories(dst);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                        "config.json"}) {
+  for (const char* f :
+       {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"}) {
     fs::copy_file(src / f, dst / f);
   }
   return dst;
@@ -62,8 +62,9 @@ TEST_F(ModelTextTest, GgufAndHfDirectoryAgree) {
   auto a = gguf->RenderChat(messages, true);
   auto b = hf->RenderChat(messages, true);
   ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(*a, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                "<|im_start|>assistant\n");
+  EXPECT_EQ(*a,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+            "<|im_start|>assistant\n");
   EXPECT_EQ(*a, *b);
   EXPECT_EQ(gguf->tokenizer->Encode(*a, false), hf->tokenizer->Encode(*b, false));
 }
@@ -73,8 +74,8 @@ TEST_F(ModelTextTest, SeparateChatTemplateFileTakesPrecedence) {
   WriteFile(dir / "chat_template.jinja", "{% for m in messages %}[{{ m.content }}]{% endfor %}");
   auto text = LoadModelText(dir.string());
   ASSERT_TRUE(text.ok()) << text.status();
-  auto out = text->RenderChat(nlohmann::ordered_json::parse(R"([{"role":"user","content":"x"}])"),
-                              false);
+  auto out =
+      text->RenderChat(nlohmann::ordered_json::parse(R"([{"role":"user","content":"x"}])"), false);
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, "[x]");
 }

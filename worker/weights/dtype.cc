@@ -36,27 +36,48 @@ std::optional<DType> DTypeFromSafetensorsName(std::string_view name) {
 
 std::optional<DType> DTypeFromGgmlType(uint32_t ggml_type) {
   switch (ggml_type) {
-    case 0: return DType::kF32;
-    case 1: return DType::kF16;
-    case 2: return DType::kQ4_0;
-    case 3: return DType::kQ4_1;
-    case 6: return DType::kQ5_0;
-    case 7: return DType::kQ5_1;
-    case 8: return DType::kQ8_0;
-    case 9: return DType::kQ8_1;
-    case 10: return DType::kQ2_K;
-    case 11: return DType::kQ3_K;
-    case 12: return DType::kQ4_K;
-    case 13: return DType::kQ5_K;
-    case 14: return DType::kQ6_K;
-    case 15: return DType::kQ8_K;
-    case 24: return DType::kI8;
-    case 25: return DType::kI16;
-    case 26: return DType::kI32;
-    case 27: return DType::kI64;
-    case 28: return DType::kF64;
-    case 30: return DType::kBF16;
-    default: return std::nullopt;
+    case 0:
+      return DType::kF32;
+    case 1:
+      return DType::kF16;
+    case 2:
+      return DType::kQ4_0;
+    case 3:
+      return DType::kQ4_1;
+    case 6:
+      return DType::kQ5_0;
+    case 7:
+      return DType::kQ5_1;
+    case 8:
+      return DType::kQ8_0;
+    case 9:
+      return DType::kQ8_1;
+    case 10:
+      return DType::kQ2_K;
+    case 11:
+      return DType::kQ3_K;
+    case 12:
+      return DType::kQ4_K;
+    case 13:
+      return DType::kQ5_K;
+    case 14:
+      return DType::kQ6_K;
+    case 15:
+      return DType::kQ8_K;
+    case 24:
+      return DType::kI8;
+    case 25:
+      return DType::kI16;
+    case 26:
+      return DType::kI32;
+    case 27:
+      return DType::kI64;
+    case 28:
+      return DType::kF64;
+    case 30:
+      return DType::kBF16;
+    default:
+      return std::nullopt;
   }
 }
 

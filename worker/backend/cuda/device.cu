@@ -1,6 +1,6 @@
-#include "worker/backend/cuda/device.h"
-
 #include <cuda_runtime.h>
+
+#include "worker/backend/cuda/device.h"
 
 namespace shardserve::cuda {
 
