@@ -9,8 +9,7 @@
 
 namespace shardserve {
 
-ChatTemplate::ChatTemplate(std::shared_ptr<const jinja::Template> tmpl,
-                           ChatTemplateOptions options)
+ChatTemplate::ChatTemplate(std::shared_ptr<const jinja::Template> tmpl, ChatTemplateOptions options)
     : template_(std::move(tmpl)), options_(std::move(options)) {}
 
 absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source, absl::string_view what,
@@ -18,8 +17,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source, absl::
   ASSIGN_OR_RETURN(std::unique_ptr<jinja::Template> tmpl,
                    jinja::ParseTemplate(absl::string_view(source.data(), source.size()), what));
   jinja::FoldConstants(tmpl.get());
-  return ChatTemplate(std::shared_ptr<const jinja::Template>(std::move(tmpl)),
-                      std::move(options));
+  return ChatTemplate(std::shared_ptr<const jinja::Template>(std::move(tmpl)), std::move(options));
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const nlohmann::ordered_json& context) const {

@@ -15,9 +15,13 @@
 // tests except groupby, slice, striptags, urlize, urlencode, wordwrap, xmlattr, pprint, random,
 // filesizeformat; globals range, dict, namespace, joiner. Anything else (include/extends/block/
 // call/import tags, those filters, recursive loops, *args) is rejected with INVALID_ARGUMENT
-// naming the line and construct, at parse time where possible. Known deviations from CPython:
-// integers are 64-bit (overflow is an error), Unicode case mapping covers simple mappings plus the
-// common special cases, and objects Python would print with a memory address cannot be printed.
+// naming the line and construct, at parse time where possible (an unknown filter or test name is
+// rejected even in code that never runs). Also unsupported, with an error rather than different
+// output: dict keys other than strings, operators and methods on Markup (|safe, |escape) strings,
+// a few rarely used str/int methods. Known deviations from CPython: integers are 64-bit (overflow
+// is an error), Unicode case mapping covers simple mappings plus the common special cases, objects
+// Python would print with a memory address cannot be printed, and generator filters (select,
+// map, ...) run eagerly, so with several errors in one expression a different one may surface.
 //
 // Thread safety: Parse once; Render is const and may run concurrently on one ChatTemplate.
 #ifndef SHARDSERVE_WORKER_TEXT_CHAT_TEMPLATE_H_
@@ -68,6 +72,8 @@ class ChatTemplate {
   // a raise_exception("msg") in the template gives exactly "<what> line L: msg";
   // RESOURCE_EXHAUSTED when a limit is hit.
   absl::StatusOr<std::string> Render(const nlohmann::ordered_json& context) const;
+  // nlohmann::json would convert implicitly, sorting keys; refuse it at compile time.
+  absl::StatusOr<std::string> Render(const nlohmann::json& context) const = delete;
 
   const std::string& what() const;
 

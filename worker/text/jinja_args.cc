@@ -24,8 +24,7 @@ absl::StatusOr<Bound> Bind(absl::string_view fname, const CallArgs& args,
     size_t i = 0;
     while (i < params.size() && key != params[i]) ++i;
     if (i == params.size()) {
-      return TypeError(
-          absl::StrCat(fname, "() got an unexpected keyword argument '", key, "'"));
+      return TypeError(absl::StrCat(fname, "() got an unexpected keyword argument '", key, "'"));
     }
     if (bound[i].has_value()) {
       return TypeError(absl::StrCat(fname, "() got multiple values for argument '", key, "'"));
@@ -34,8 +33,7 @@ absl::StatusOr<Bound> Bind(absl::string_view fname, const CallArgs& args,
   }
   for (size_t i = 0; i < required; ++i) {
     if (!bound[i].has_value()) {
-      return TypeError(
-          absl::StrCat(fname, "() missing required argument '", params[i], "'"));
+      return TypeError(absl::StrCat(fname, "() missing required argument '", params[i], "'"));
     }
   }
   return bound;
@@ -44,7 +42,8 @@ absl::StatusOr<Bound> Bind(absl::string_view fname, const CallArgs& args,
 absl::StatusOr<int64_t> ToIndex(const Value& v, absl::string_view what) {
   if (v.is_undefined()) return UndefinedError(v);
   if (!v.is_integral()) {
-    return TypeError(absl::StrCat("'", PyTypeName(v), "' object cannot be interpreted as an integer",
+    return TypeError(absl::StrCat("'", PyTypeName(v),
+                                  "' object cannot be interpreted as an integer",
                                   what.empty() ? "" : absl::StrCat(" (", what, ")")));
   }
   return v.as_int();
@@ -64,7 +63,6 @@ absl::StatusOr<std::optional<std::string>> ArgOptStr(const std::optional<Value>&
   return std::optional<std::string>(std::move(s));
 }
 
-
 // --- Attribute getters (jinja2.filters.make_attrgetter) -----------------------------------------
 
 std::vector<Value> AttributeParts(const Value& attribute) {
@@ -75,9 +73,8 @@ std::vector<Value> AttributeParts(const Value& attribute) {
     return parts;
   }
   for (absl::string_view part : absl::StrSplit(attribute.str(), '.')) {
-    bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) {
-      return c >= '0' && c <= '9';
-    });
+    bool digits = !part.empty() && std::all_of(part.begin(), part.end(),
+                                               [](char c) { return c >= '0' && c <= '9'; });
     int64_t n = 0;
     if (digits && std::from_chars(part.data(), part.data() + part.size(), n).ec == std::errc()) {
       parts.push_back(Value::Int(n));
@@ -89,28 +86,28 @@ std::vector<Value> AttributeParts(const Value& attribute) {
 }
 
 absl::StatusOr<Value> AttrGetter::Get(RenderContext& ctx, Value item) const {
-    for (const Value& part : parts) {
-      ASSIGN_OR_RETURN(item, GetItem(ctx, item, part));
-      if (default_value.has_value() && !default_value->is_none() && item.is_undefined()) {
-        item = *default_value;
-      }
+  for (const Value& part : parts) {
+    ASSIGN_OR_RETURN(item, GetItem(ctx, item, part));
+    if (default_value.has_value() && !default_value->is_none() && item.is_undefined()) {
+      item = *default_value;
     }
-    if (ignore_case && item.is_string()) item = Str(PyLower(item.str()));
-    return item;
+  }
+  if (ignore_case && item.is_string()) item = Str(PyLower(item.str()));
+  return item;
 }
 
 absl::StatusOr<Value> MultiAttrGetter::Get(RenderContext& ctx, const Value& item) const {
-    if (getters.empty()) {
-      if (ignore_case && item.is_string()) return Str(PyLower(item.str()));
-      return item;
-    }
-    if (getters.size() == 1) return getters[0].Get(ctx, item);
-    std::vector<Value> keys;
-    for (const auto& g : getters) {
-      ASSIGN_OR_RETURN(Value k, g.Get(ctx, item));
-      keys.push_back(std::move(k));
-    }
-    return Value::List(std::move(keys));
+  if (getters.empty()) {
+    if (ignore_case && item.is_string()) return Str(PyLower(item.str()));
+    return item;
+  }
+  if (getters.size() == 1) return getters[0].Get(ctx, item);
+  std::vector<Value> keys;
+  for (const auto& g : getters) {
+    ASSIGN_OR_RETURN(Value k, g.Get(ctx, item));
+    keys.push_back(std::move(k));
+  }
+  return Value::List(std::move(keys));
 }
 
 MultiAttrGetter MakeMultiAttrGetter(const Value& attribute, bool ignore_case) {
@@ -157,8 +154,8 @@ absl::Status SortByKey(RenderContext& ctx, std::vector<Value>* items, std::vecto
 
 bool IsHashable(const Value& v) {
   if (v.is_dict()) return false;
-  if (v.is_seq(SeqKind::kList) || v.is_seq(SeqKind::kKeysView) ||
-      v.is_seq(SeqKind::kValuesView) || v.is_seq(SeqKind::kItemsView)) {
+  if (v.is_seq(SeqKind::kList) || v.is_seq(SeqKind::kKeysView) || v.is_seq(SeqKind::kValuesView) ||
+      v.is_seq(SeqKind::kItemsView)) {
     return false;
   }
   if (v.is_seq(SeqKind::kTuple)) {

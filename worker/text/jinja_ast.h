@@ -59,21 +59,21 @@ using ExprPtr = std::unique_ptr<Expr>;
 struct Target {
   enum class Kind { kName, kTuple, kNamespaceAttr };
   Kind kind = Kind::kName;
-  std::string name;  // kName; the namespace variable for kNamespaceAttr
-  std::string attr;  // kNamespaceAttr
+  std::string name;           // kName; the namespace variable for kNamespaceAttr
+  std::string attr;           // kNamespaceAttr
   std::vector<Target> items;  // kTuple
   int line = 0;
   int column = 0;
 };
 
 enum class StmtKind : uint8_t {
-  kData,         // text
-  kPrint,        // {{ expr }}
-  kIf,           // branches, else_body
-  kFor,          // for target in expr [if cond] body [else else_body]
-  kSet,          // set target = expr
-  kSetBlock,     // set target [| filters] body endset
-  kMacro,        // macro name(params) body
+  kData,      // text
+  kPrint,     // {{ expr }}
+  kIf,        // branches, else_body
+  kFor,       // for target in expr [if cond] body [else else_body]
+  kSet,       // set target = expr
+  kSetBlock,  // set target [| filters] body endset
+  kMacro,     // macro name(params) body
   kBreak,
   kContinue,
   kWith,         // with assignments body

@@ -89,8 +89,8 @@ absl::StatusOr<Value> SplitImpl(const Value& self, const CallArgs& args, bool re
   if (b[1].has_value()) {
     ASSIGN_OR_RETURN(maxsplit, ToIndex(*b[1], "maxsplit"));
   }
-  std::vector<std::string> parts = reverse ? PyRSplit(self.str(), sep, maxsplit)
-                                           : PySplit(self.str(), sep, maxsplit);
+  std::vector<std::string> parts =
+      reverse ? PyRSplit(self.str(), sep, maxsplit) : PySplit(self.str(), sep, maxsplit);
   std::vector<Value> out;
   for (auto& p : parts) out.push_back(Str(std::move(p)));
   return Value::List(std::move(out));
@@ -112,8 +112,8 @@ absl::StatusOr<Value> AffixImpl(const Value& self, const CallArgs& args, bool pr
   } else if (b[0]->is_string()) {
     affixes.push_back(b[0]->str());
   } else {
-    return TypeError(absl::StrCat(name, " first arg must be str or a tuple of str, not ",
-                                  PyTypeName(*b[0])));
+    return TypeError(
+        absl::StrCat(name, " first arg must be str or a tuple of str, not ", PyTypeName(*b[0])));
   }
   for (const std::string& a : affixes) {
     if (prefix ? absl::StartsWith(self.str(), a) : absl::EndsWith(self.str(), a)) {
@@ -234,7 +234,8 @@ absl::StatusOr<Value> StrFormat(RenderContext& ctx, const Value& self, const Cal
       for (const auto& [k, v] : args.keyword) {
         if (k == field) arg = &v;
       }
-      if (arg == nullptr) return absl::InvalidArgumentError(absl::StrCat("KeyError: ", PyRepr(field)));
+      if (arg == nullptr)
+        return absl::InvalidArgumentError(absl::StrCat("KeyError: ", PyRepr(field)));
     }
     if (conversion == 'r') {
       RETURN_IF_ERROR(AppendRepr(*arg, ctx, &out));
@@ -281,99 +282,206 @@ struct StrMethodEntry {
   MethodImpl impl;
 };
 
-
 const absl::flat_hash_map<std::string, MethodImpl>& StrMethods() {
   static const auto* methods = [] {
     auto* m = new absl::flat_hash_map<std::string, MethodImpl>;
     const StrMethodEntry entries[] = {
-        {"strip", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrStrip(ctx, self, args, "strip", true, true); }},
-        {"lstrip", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrStrip(ctx, self, args, "lstrip", true, false); }},
-        {"rstrip", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrStrip(ctx, self, args, "rstrip", false, true); }},
-        {"split", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return SplitImpl(self, args, false); }},
-        {"rsplit", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return SplitImpl(self, args, true); }},
-        {"splitlines", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("splitlines", args, {"keepends"}));
-          std::vector<Value> out;
-          for (auto& line : PySplitLines(self.str(), b[0].has_value() && Truthy(*b[0]))) {
-            out.push_back(Str(std::move(line)));
-          }
-          return Value::List(std::move(out));
-        }},
-        {"startswith", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return AffixImpl(self, args, true); }},
-        {"endswith", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return AffixImpl(self, args, false); }},
-        {"upper", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PyUpper>(ctx, self, args); }},
-        {"lower", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PyLower>(ctx, self, args); }},
-        {"casefold", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PyCaseFold>(ctx, self, args); }},
-        {"title", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PyTitle>(ctx, self, args); }},
-        {"capitalize", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PyCapitalize>(ctx, self, args); }},
-        {"swapcase", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrTransform<PySwapCase>(ctx, self, args); }},
-        {"replace", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("replace", args, {"old", "new", "count"}, 2));
-          ASSIGN_OR_RETURN(std::string old_s, ArgStr(*b[0], "replace() argument 1"));
-          ASSIGN_OR_RETURN(std::string new_s, ArgStr(*b[1], "replace() argument 2"));
-          int64_t count = -1;
-          if (b[2].has_value()) {
-            ASSIGN_OR_RETURN(count, ToIndex(*b[2], "count"));
-          }
-          std::string out = PyReplace(self.str(), old_s, new_s, count);
-          RETURN_IF_ERROR(ctx.CheckSize(out.size()));
-          return Str(std::move(out));
-        }},
-        {"find", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return FindImpl(self, args, "find", false, false); }},
-        {"rfind", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return FindImpl(self, args, "rfind", true, false); }},
-        {"index", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return FindImpl(self, args, "index", false, true); }},
-        {"rindex", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return FindImpl(self, args, "rindex", true, true); }},
-        {"count", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("count", args, {"sub", "start", "end"}, 1));
-          if (b[1].has_value() || b[2].has_value()) {
-            return absl::InvalidArgumentError("count() with start/end is not supported");
-          }
-          ASSIGN_OR_RETURN(std::string sub, ArgStr(*b[0], "substring"));
-          return Value::Int(PyCount(self.str(), sub));
-        }},
-        {"join", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrJoin(ctx, self, args); }},
-        {"format", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrFormat(ctx, self, args); }},
-        {"center", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return JustifyImpl(self, args, 'c'); }},
-        {"ljust", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return JustifyImpl(self, args, 'l'); }},
-        {"rjust", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return JustifyImpl(self, args, 'r'); }},
-        {"zfill", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("zfill", args, {"width"}, 1));
-          ASSIGN_OR_RETURN(int64_t width, ToIndex(*b[0], "width"));
-          const std::string& s = self.str();
-          int64_t len = CodePointCount(s);
-          if (width <= len) return self;
-          if (width > (1 << 24)) return absl::ResourceExhaustedError("zfill width too large");
-          size_t sign = (!s.empty() && (s[0] == '-' || s[0] == '+')) ? 1 : 0;
-          std::string out = s;
-          out.insert(sign, static_cast<size_t>(width - len), '0');
-          return Str(std::move(out));
-        }},
-        {"partition", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return PartitionImpl(self, args, false); }},
-        {"rpartition", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return PartitionImpl(self, args, true); }},
-        {"removeprefix", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("removeprefix", args, {"prefix"}, 1));
-          ASSIGN_OR_RETURN(std::string p, ArgStr(*b[0], "removeprefix() argument"));
-          if (absl::StartsWith(self.str(), p)) return Str(self.str().substr(p.size()));
-          return self;
-        }},
-        {"removesuffix", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("removesuffix", args, {"suffix"}, 1));
-          ASSIGN_OR_RETURN(std::string p, ArgStr(*b[0], "removesuffix() argument"));
-          if (!p.empty() && absl::EndsWith(self.str(), p)) {
-            return Str(self.str().substr(0, self.str().size() - p.size()));
-          }
-          return self;
-        }},
-        {"isalnum", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsAlnum>(ctx, self, args); }},
-        {"isalpha", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsAlpha>(ctx, self, args); }},
-        {"isascii", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsAscii>(ctx, self, args); }},
-        {"isdecimal", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsDecimal>(ctx, self, args); }},
-        {"isdigit", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsDigit>(ctx, self, args); }},
-        {"isnumeric", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsNumeric>(ctx, self, args); }},
-        {"islower", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsLower>(ctx, self, args); }},
-        {"isupper", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsUpper>(ctx, self, args); }},
-        {"isspace", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsSpace>(ctx, self, args); }},
-        {"istitle", [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> { return StrPredicate<PyIsTitle>(ctx, self, args); }},
+        {"strip",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrStrip(ctx, self, args, "strip", true, true);
+         }},
+        {"lstrip",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrStrip(ctx, self, args, "lstrip", true, false);
+         }},
+        {"rstrip",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrStrip(ctx, self, args, "rstrip", false, true);
+         }},
+        {"split",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return SplitImpl(self, args, false);
+         }},
+        {"rsplit",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return SplitImpl(self, args, true);
+         }},
+        {"splitlines",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("splitlines", args, {"keepends"}));
+           std::vector<Value> out;
+           for (auto& line : PySplitLines(self.str(), b[0].has_value() && Truthy(*b[0]))) {
+             out.push_back(Str(std::move(line)));
+           }
+           return Value::List(std::move(out));
+         }},
+        {"startswith",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return AffixImpl(self, args, true);
+         }},
+        {"endswith",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return AffixImpl(self, args, false);
+         }},
+        {"upper",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PyUpper>(ctx, self, args);
+         }},
+        {"lower",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PyLower>(ctx, self, args);
+         }},
+        {"casefold",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PyCaseFold>(ctx, self, args);
+         }},
+        {"title",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PyTitle>(ctx, self, args);
+         }},
+        {"capitalize",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PyCapitalize>(ctx, self, args);
+         }},
+        {"swapcase",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrTransform<PySwapCase>(ctx, self, args);
+         }},
+        {"replace",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("replace", args, {"old", "new", "count"}, 2));
+           ASSIGN_OR_RETURN(std::string old_s, ArgStr(*b[0], "replace() argument 1"));
+           ASSIGN_OR_RETURN(std::string new_s, ArgStr(*b[1], "replace() argument 2"));
+           int64_t count = -1;
+           if (b[2].has_value()) {
+             ASSIGN_OR_RETURN(count, ToIndex(*b[2], "count"));
+           }
+           std::string out = PyReplace(self.str(), old_s, new_s, count);
+           RETURN_IF_ERROR(ctx.CheckSize(out.size()));
+           return Str(std::move(out));
+         }},
+        {"find",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return FindImpl(self, args, "find", false, false);
+         }},
+        {"rfind",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return FindImpl(self, args, "rfind", true, false);
+         }},
+        {"index",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return FindImpl(self, args, "index", false, true);
+         }},
+        {"rindex",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return FindImpl(self, args, "rindex", true, true);
+         }},
+        {"count",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("count", args, {"sub", "start", "end"}, 1));
+           if (b[1].has_value() || b[2].has_value()) {
+             return absl::InvalidArgumentError("count() with start/end is not supported");
+           }
+           ASSIGN_OR_RETURN(std::string sub, ArgStr(*b[0], "substring"));
+           return Value::Int(PyCount(self.str(), sub));
+         }},
+        {"join",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrJoin(ctx, self, args);
+         }},
+        {"format",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrFormat(ctx, self, args);
+         }},
+        {"center",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return JustifyImpl(self, args, 'c');
+         }},
+        {"ljust",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return JustifyImpl(self, args, 'l');
+         }},
+        {"rjust",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return JustifyImpl(self, args, 'r');
+         }},
+        {"zfill",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("zfill", args, {"width"}, 1));
+           ASSIGN_OR_RETURN(int64_t width, ToIndex(*b[0], "width"));
+           const std::string& s = self.str();
+           int64_t len = CodePointCount(s);
+           if (width <= len) return self;
+           if (width > (1 << 24)) return absl::ResourceExhaustedError("zfill width too large");
+           size_t sign = (!s.empty() && (s[0] == '-' || s[0] == '+')) ? 1 : 0;
+           std::string out = s;
+           out.insert(sign, static_cast<size_t>(width - len), '0');
+           return Str(std::move(out));
+         }},
+        {"partition",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return PartitionImpl(self, args, false);
+         }},
+        {"rpartition",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return PartitionImpl(self, args, true);
+         }},
+        {"removeprefix",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("removeprefix", args, {"prefix"}, 1));
+           ASSIGN_OR_RETURN(std::string p, ArgStr(*b[0], "removeprefix() argument"));
+           if (absl::StartsWith(self.str(), p)) return Str(self.str().substr(p.size()));
+           return self;
+         }},
+        {"removesuffix",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           ASSIGN_OR_RETURN(Bound b, Bind("removesuffix", args, {"suffix"}, 1));
+           ASSIGN_OR_RETURN(std::string p, ArgStr(*b[0], "removesuffix() argument"));
+           if (!p.empty() && absl::EndsWith(self.str(), p)) {
+             return Str(self.str().substr(0, self.str().size() - p.size()));
+           }
+           return self;
+         }},
+        {"isalnum",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsAlnum>(ctx, self, args);
+         }},
+        {"isalpha",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsAlpha>(ctx, self, args);
+         }},
+        {"isascii",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsAscii>(ctx, self, args);
+         }},
+        {"isdecimal",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsDecimal>(ctx, self, args);
+         }},
+        {"isdigit",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsDigit>(ctx, self, args);
+         }},
+        {"isnumeric",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsNumeric>(ctx, self, args);
+         }},
+        {"islower",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsLower>(ctx, self, args);
+         }},
+        {"isupper",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsUpper>(ctx, self, args);
+         }},
+        {"isspace",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsSpace>(ctx, self, args);
+         }},
+        {"istitle",
+         [](RenderContext& ctx, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+           return StrPredicate<PyIsTitle>(ctx, self, args);
+         }},
     };
     for (const auto& e : entries) m->emplace(e.name, e.impl);
     return m;
@@ -385,14 +493,15 @@ const absl::flat_hash_map<std::string, MethodImpl>& StrMethods() {
 // error rather than a silently undefined value.
 bool IsUnsupportedStrAttribute(absl::string_view name) {
   static const auto* names = new absl::flat_hash_set<std::string>{
-      "encode", "expandtabs", "format_map", "isidentifier", "isprintable", "maketrans",
-      "translate"};
+      "encode",      "expandtabs", "format_map", "isidentifier",
+      "isprintable", "maketrans",  "translate"};
   return names->contains(name);
 }
 bool IsNumberAttribute(absl::string_view name) {
   static const auto* names = new absl::flat_hash_set<std::string>{
-      "real", "imag", "conjugate", "bit_length", "bit_count", "to_bytes", "from_bytes",
-      "as_integer_ratio", "numerator", "denominator", "is_integer", "hex", "fromhex"};
+      "real",       "imag",       "conjugate",        "bit_length", "bit_count",
+      "to_bytes",   "from_bytes", "as_integer_ratio", "numerator",  "denominator",
+      "is_integer", "hex",        "fromhex"};
   return names->contains(name);
 }
 
@@ -517,8 +626,7 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
         return std::optional<Value>(BindMethod(obj, absl::StrCat("str.", name), it->second));
       }
       if (IsUnsupportedStrAttribute(name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("unsupported string method '", name, "'"));
+        return absl::InvalidArgumentError(absl::StrCat("unsupported string method '", name, "'"));
       }
       return std::optional<Value>();
     }
@@ -527,20 +635,20 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
       if (name == "items" || name == "keys" || name == "values") {
         MethodImpl impl;
         if (name == "items") {
-          impl = [](RenderContext&, const Value& self, const CallArgs& args)
-              -> absl::StatusOr<Value> {
+          impl = [](RenderContext&, const Value& self,
+                    const CallArgs& args) -> absl::StatusOr<Value> {
             ASSIGN_OR_RETURN(Bound b, Bind("items", args, {}));
             return DictView(self, SeqKind::kItemsView);
           };
         } else if (name == "keys") {
-          impl = [](RenderContext&, const Value& self, const CallArgs& args)
-              -> absl::StatusOr<Value> {
+          impl = [](RenderContext&, const Value& self,
+                    const CallArgs& args) -> absl::StatusOr<Value> {
             ASSIGN_OR_RETURN(Bound b, Bind("keys", args, {}));
             return DictView(self, SeqKind::kKeysView);
           };
         } else {
-          impl = [](RenderContext&, const Value& self, const CallArgs& args)
-              -> absl::StatusOr<Value> {
+          impl = [](RenderContext&, const Value& self,
+                    const CallArgs& args) -> absl::StatusOr<Value> {
             ASSIGN_OR_RETURN(Bound b, Bind("values", args, {}));
             return DictView(self, SeqKind::kValuesView);
           };
@@ -548,12 +656,12 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
         return std::optional<Value>(BindMethod(obj, absl::StrCat("dict.", name), impl));
       }
       if (name == "copy") {
-        return std::optional<Value>(BindMethod(obj, "dict.copy", [](RenderContext&, const Value& self,
-                                                               const CallArgs& args)
-                                                                -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Bound b, Bind("copy", args, {}));
-          return Value::MakeDict(self.dict());
-        }));
+        return std::optional<Value>(BindMethod(
+            obj, "dict.copy",
+            [](RenderContext&, const Value& self, const CallArgs& args) -> absl::StatusOr<Value> {
+              ASSIGN_OR_RETURN(Bound b, Bind("copy", args, {}));
+              return Value::MakeDict(self.dict());
+            }));
       }
       if (name == "clear" || name == "pop" || name == "popitem" || name == "setdefault" ||
           name == "update") {
@@ -569,13 +677,13 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
         if (name == "index") return std::optional<Value>(BindMethod(obj, "index", SeqIndex));
         if (obj.is_seq(SeqKind::kList)) {
           if (name == "copy") {
-            return std::optional<Value>(BindMethod(obj, "list.copy", [](RenderContext&,
-                                                                   const Value& self,
-                                                                   const CallArgs& args)
-                                                                    -> absl::StatusOr<Value> {
-              ASSIGN_OR_RETURN(Bound b, Bind("copy", args, {}));
-              return Value::List(self.seq().items);
-            }));
+            return std::optional<Value>(
+                BindMethod(obj, "list.copy",
+                           [](RenderContext&, const Value& self,
+                              const CallArgs& args) -> absl::StatusOr<Value> {
+                             ASSIGN_OR_RETURN(Bound b, Bind("copy", args, {}));
+                             return Value::List(self.seq().items);
+                           }));
           }
           if (name == "append" || name == "clear" || name == "extend" || name == "insert" ||
               name == "pop" || name == "remove" || name == "reverse" || name == "sort") {
@@ -587,7 +695,8 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
     case ValueKind::kNamespace:
       if (const Value* v = obj.ns().attrs.Find(name)) return std::optional<Value>(*v);
       return std::optional<Value>();
-    case ValueKind::kLoop: return LoopAttribute(obj, name);
+    case ValueKind::kLoop:
+      return LoopAttribute(obj, name);
     case ValueKind::kBool:
     case ValueKind::kInt:
     case ValueKind::kFloat:
@@ -596,7 +705,8 @@ absl::StatusOr<std::optional<Value>> GetPythonAttribute(const Value& obj, absl::
             absl::StrCat("unsupported ", PyTypeName(obj), " attribute '", name, "'"));
       }
       return std::optional<Value>();
-    default: return std::optional<Value>();
+    default:
+      return std::optional<Value>();
   }
 }
 
@@ -640,7 +750,8 @@ absl::StatusOr<std::optional<Value>> LookupItem(RenderContext& ctx, const Value&
         if (const Value* v = obj.dict().Find(key.str())) return std::optional<Value>(*v);
       }
       return std::optional<Value>();
-    default: return std::optional<Value>();
+    default:
+      return std::optional<Value>();
   }
 }
 
@@ -667,7 +778,26 @@ absl::StatusOr<Value> GlobalStrftimeNow(RenderContext& ctx, const CallArgs& args
   ASSIGN_OR_RETURN(Bound b, Bind("strftime_now", args, {"format"}, 1));
   ASSIGN_OR_RETURN(std::string format, ArgStr(*b[0], "strftime_now() argument"));
   if (format.size() > 1000) return absl::InvalidArgumentError("strftime format too long");
-  return Str(absl::FormatTime(format, ctx.Now(), ctx.time_zone()));
+  // transformers calls datetime.now().strftime(): a naive local time, so %z and %Z are empty,
+  // and %f (microseconds) is Python's own directive.
+  const absl::Time now = ctx.Now();
+  std::string fmt;
+  for (size_t i = 0; i < format.size(); ++i) {
+    if (format[i] != '%' || i + 1 >= format.size()) {
+      fmt.push_back(format[i]);
+      continue;
+    }
+    const char d = format[++i];
+    if (d == 'z' || d == 'Z') continue;
+    if (d == 'f') {
+      const absl::Duration sub = now - absl::FromUnixSeconds(absl::ToUnixSeconds(now));
+      absl::StrAppend(&fmt, absl::Dec(absl::ToInt64Microseconds(sub), absl::kZeroPad6));
+      continue;
+    }
+    fmt.push_back('%');
+    fmt.push_back(d);
+  }
+  return Str(absl::FormatTime(fmt, now, ctx.time_zone()));
 }
 
 // Sandbox limit on range() sizes (jinja2.sandbox.MAX_RANGE).
@@ -690,8 +820,8 @@ absl::StatusOr<Value> GlobalRange(RenderContext& ctx, const CallArgs& args) {
     }
   }
   if (step == 0) return absl::InvalidArgumentError("range() arg 3 must not be zero");
-  __int128 span = step > 0 ? static_cast<__int128>(stop) - start
-                           : static_cast<__int128>(start) - stop;
+  __int128 span =
+      step > 0 ? static_cast<__int128>(stop) - start : static_cast<__int128>(start) - stop;
   __int128 abs_step = step > 0 ? step : -static_cast<__int128>(step);
   __int128 n = span <= 0 ? 0 : (span + abs_step - 1) / abs_step;
   if (n > kMaxRange) {
@@ -701,7 +831,8 @@ absl::StatusOr<Value> GlobalRange(RenderContext& ctx, const CallArgs& args) {
   RETURN_IF_ERROR(ctx.Step(static_cast<int64_t>(n)));
   std::vector<Value> items;
   items.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) items.push_back(Value::Int(start + i * step));
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i)
+    items.push_back(Value::Int(start + i * step));
   return Value::Range(start, stop, step, std::move(items));
 }
 
@@ -709,7 +840,8 @@ absl::StatusOr<Value> GlobalRange(RenderContext& ctx, const CallArgs& args) {
 absl::StatusOr<Dict> BuildDict(RenderContext& ctx, const CallArgs& args, absl::string_view name) {
   Dict d;
   if (args.positional.size() > 1) {
-    return TypeError(absl::StrCat(name, " expected at most 1 argument, got ", args.positional.size()));
+    return TypeError(
+        absl::StrCat(name, " expected at most 1 argument, got ", args.positional.size()));
   }
   if (!args.positional.empty()) {
     const Value& src = args.positional[0];
@@ -722,9 +854,9 @@ absl::StatusOr<Dict> BuildDict(RenderContext& ctx, const CallArgs& args, absl::s
       for (size_t i = 0; i < pairs.size(); ++i) {
         ASSIGN_OR_RETURN(std::vector<Value> kv, Iterate(pairs[i], ctx));
         if (kv.size() != 2) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "dictionary update sequence element #", i, " has length ", kv.size(),
-              "; 2 is required"));
+          return absl::InvalidArgumentError(absl::StrCat("dictionary update sequence element #", i,
+                                                         " has length ", kv.size(),
+                                                         "; 2 is required"));
         }
         if (!kv[0].is_string()) {
           return absl::InvalidArgumentError("dict keys other than strings are not supported");
@@ -804,9 +936,7 @@ const Value* FindGlobal(absl::string_view name) {
   return it == Globals().end() ? nullptr : &it->second;
 }
 
-bool IsUnsupportedGlobal(absl::string_view name) {
-  return name == "cycler" || name == "lipsum";
-}
+bool IsUnsupportedGlobal(absl::string_view name) { return name == "cycler" || name == "lipsum"; }
 
 absl::StatusOr<Value> GetAttr(RenderContext& ctx, const Value& obj, absl::string_view name) {
   if (obj.is_undefined()) return UndefinedError(obj);
@@ -857,8 +987,8 @@ absl::StatusOr<Value> GetSlice(RenderContext& ctx, const Value& obj, const Value
   if (step == 0) return absl::InvalidArgumentError("slice step cannot be zero");
   std::vector<std::string> cps;
   if (is_str) cps = SplitCodePoints(obj.str());
-  const int64_t n = is_str ? static_cast<int64_t>(cps.size())
-                           : static_cast<int64_t>(obj.seq().items.size());
+  const int64_t n =
+      is_str ? static_cast<int64_t>(cps.size()) : static_cast<int64_t>(obj.seq().items.size());
   int64_t lo, hi;
   if (step > 0) {
     lo = start.has_value() ? AdjustSliceIndex(*start, n, true, step) : 0;
@@ -893,11 +1023,12 @@ absl::StatusOr<Value> GetSlice(RenderContext& ctx, const Value& obj, const Value
 
 absl::StatusOr<bool> Contains(RenderContext& ctx, const Value& container, const Value& item) {
   switch (container.kind()) {
-    case ValueKind::kUndefined: return false;
+    case ValueKind::kUndefined:
+      return false;
     case ValueKind::kString:
       if (!item.is_string()) {
-        return TypeError(absl::StrCat("'in <string>' requires string as left operand, not ",
-                                      PyTypeName(item)));
+        return TypeError(
+            absl::StrCat("'in <string>' requires string as left operand, not ", PyTypeName(item)));
       }
       return container.str().find(item.str()) != std::string::npos;
     case ValueKind::kSequence: {

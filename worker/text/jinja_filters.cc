@@ -100,8 +100,7 @@ FILTER(FilterDefault) {
 }
 
 FILTER(FilterDictsort) {
-  ASSIGN_OR_RETURN(Bound b,
-                   Bind("dictsort", args, {"case_sensitive", "by", "reverse"}));
+  ASSIGN_OR_RETURN(Bound b, Bind("dictsort", args, {"case_sensitive", "by", "reverse"}));
   bool case_sensitive = b[0].has_value() && Truthy(*b[0]);
   int pos = 0;
   if (b[1].has_value()) {
@@ -133,12 +132,23 @@ std::string HtmlEscape(absl::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -161,7 +171,8 @@ FILTER(FilterFirst) {
   ASSIGN_OR_RETURN(Bound b, Bind("first", args, {}));
   Value empty = Value::Undefined("No first item, sequence was empty.");
   switch (input.kind()) {
-    case ValueKind::kUndefined: return empty;
+    case ValueKind::kUndefined:
+      return empty;
     case ValueKind::kString: {
       if (input.str().empty()) return empty;
       size_t pos = 0;
@@ -181,7 +192,8 @@ FILTER(FilterFirst) {
     case ValueKind::kDict:
       if (input.dict().empty()) return empty;
       return Str(input.dict().items().front().first);
-    default: break;
+    default:
+      break;
   }
   return TypeError(absl::StrCat("'", PyTypeName(input), "' object is not iterable"));
 }
@@ -190,7 +202,8 @@ FILTER(FilterLast) {
   ASSIGN_OR_RETURN(Bound b, Bind("last", args, {}));
   Value empty = Value::Undefined("No last item, sequence was empty.");
   switch (input.kind()) {
-    case ValueKind::kUndefined: return empty;
+    case ValueKind::kUndefined:
+      return empty;
     case ValueKind::kString: {
       if (input.str().empty()) return empty;
       auto cps = SplitCodePoints(input.str());
@@ -205,7 +218,8 @@ FILTER(FilterLast) {
     case ValueKind::kDict:
       if (input.dict().empty()) return empty;
       return Str(input.dict().items().back().first);
-    default: break;
+    default:
+      break;
   }
   return TypeError(absl::StrCat("'", PyTypeName(input), "' object is not reversible"));
 }
@@ -385,8 +399,8 @@ FILTER(FilterIndent) {
   bool blank = b[2].has_value() && Truthy(*b[2]);
   if (input.is_undefined()) return UndefinedError(input);
   if (!input.is_string()) {
-    return TypeError(absl::StrCat("unsupported operand type(s) for +=: '", PyTypeName(input),
-                                  "' and 'str'"));
+    return TypeError(
+        absl::StrCat("unsupported operand type(s) for +=: '", PyTypeName(input), "' and 'str'"));
   }
   std::string s = input.str() + "\n";
   std::vector<std::string> lines = PySplitLines(s, false);
@@ -496,9 +510,8 @@ FILTER(FilterMap) {
   if (!name.is_string()) return TypeError("map filter name must be a string");
   FilterFn filter = FindFilter(name.str());
   if (filter == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(IsJinjaFilterName(name.str()) ? "unsupported" : "unknown", " filter '",
-                     name.str(), "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        IsJinjaFilterName(name.str()) ? "unsupported" : "unknown", " filter '", name.str(), "'"));
   }
   CallArgs rest;
   rest.positional.assign(args.positional.begin() + 1, args.positional.end());
@@ -648,17 +661,18 @@ FILTER(FilterRound) {
   }
   if (!input.is_number()) {
     if (method == "common") {
-      return TypeError(absl::StrCat("type ", PyTypeName(input),
-                                    " doesn't define __round__ method"));
+      return TypeError(
+          absl::StrCat("type ", PyTypeName(input), " doesn't define __round__ method"));
     }
     if (input.is_undefined()) return UndefinedError(input);
-    return TypeError(absl::StrCat("unsupported operand type(s) for *: '", PyTypeName(input),
-                                  "' and 'int'"));
+    return TypeError(
+        absl::StrCat("unsupported operand type(s) for *: '", PyTypeName(input), "' and 'int'"));
   }
   if (method == "common") {
     if (input.is_integral()) {
       if (precision < 0) {
-        return absl::InvalidArgumentError("round() of an int with negative precision is not supported");
+        return absl::InvalidArgumentError(
+            "round() of an int with negative precision is not supported");
       }
       return Value::Int(input.as_int());
     }
@@ -728,7 +742,8 @@ FILTER(FilterToJson) {
     if (b[1]->is_string()) {
       f.indent = b[1]->str();
     } else if (b[1]->is_integral()) {
-      f.indent = std::string(static_cast<size_t>(std::clamp<int64_t>(b[1]->as_int(), 0, 1000)), ' ');
+      f.indent =
+          std::string(static_cast<size_t>(std::clamp<int64_t>(b[1]->as_int(), 0, 1000)), ' ');
     } else {
       return TypeError(absl::StrCat("indent must be an int or str, not ", PyTypeName(*b[1])));
     }
@@ -777,13 +792,14 @@ FILTER(FilterTruncate) {
     return absl::InvalidArgumentError(
         absl::StrCat("expected length >= ", end_len, ", got ", length));
   }
-  if (leeway < 0) return absl::InvalidArgumentError(absl::StrCat("expected leeway >= 0, got ", leeway));
+  if (leeway < 0)
+    return absl::InvalidArgumentError(absl::StrCat("expected leeway >= 0, got ", leeway));
   // Jinja2 does not convert the value to a string: len() must work and only str is cut.
   ASSIGN_OR_RETURN(int64_t len, Length(input));
   if (len <= length + leeway) return input;
   if (!input.is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("truncate of a ", PyTypeName(input), " longer than the limit is not supported"));
+    return absl::InvalidArgumentError(absl::StrCat("truncate of a ", PyTypeName(input),
+                                                   " longer than the limit is not supported"));
   }
   std::vector<std::string> cps = SplitCodePoints(input.str());
   std::string head;
@@ -961,8 +977,8 @@ TEST_FN(TestIterable) {
 }
 TEST_FN(TestSequence) {
   RETURN_IF_ERROR(NoArgs("sequence", args));
-  return input.is_undefined() || input.is_string() || input.is_dict() ||
-         input.is_list_or_tuple() || input.is_seq(SeqKind::kRange);
+  return input.is_undefined() || input.is_string() || input.is_dict() || input.is_list_or_tuple() ||
+         input.is_seq(SeqKind::kRange);
 }
 TEST_FN(TestCallable) {
   RETURN_IF_ERROR(NoArgs("callable", args));
@@ -1059,26 +1075,45 @@ TEST_FN(TestTest) {
 
 const absl::flat_hash_map<std::string, TestFn>& Tests() {
   static const auto* tests = new absl::flat_hash_map<std::string, TestFn>{
-      {"defined", TestDefined},   {"undefined", TestUndefined},
-      {"none", TestNone},         {"boolean", TestBoolean},
-      {"true", TestTrue},         {"false", TestFalse},
-      {"integer", TestInteger},   {"float", TestFloat},
-      {"number", TestNumber},     {"string", TestString},
-      {"mapping", TestMapping},   {"iterable", TestIterable},
-      {"sequence", TestSequence}, {"callable", TestCallable},
-      {"escaped", TestEscaped},   {"sameas", TestSameAs},
-      {"eq", TestEq},             {"equalto", TestEq},
-      {"==", TestEq},             {"ne", TestNe},
-      {"!=", TestNe},             {"lt", TestLt},
-      {"lessthan", TestLt},       {"<", TestLt},
-      {"le", TestLe},             {"<=", TestLe},
-      {"gt", TestGt},             {"greaterthan", TestGt},
-      {">", TestGt},              {"ge", TestGe},
-      {">=", TestGe},             {"in", TestIn},
-      {"odd", TestOdd},           {"even", TestEven},
+      {"defined", TestDefined},
+      {"undefined", TestUndefined},
+      {"none", TestNone},
+      {"boolean", TestBoolean},
+      {"true", TestTrue},
+      {"false", TestFalse},
+      {"integer", TestInteger},
+      {"float", TestFloat},
+      {"number", TestNumber},
+      {"string", TestString},
+      {"mapping", TestMapping},
+      {"iterable", TestIterable},
+      {"sequence", TestSequence},
+      {"callable", TestCallable},
+      {"escaped", TestEscaped},
+      {"sameas", TestSameAs},
+      {"eq", TestEq},
+      {"equalto", TestEq},
+      {"==", TestEq},
+      {"ne", TestNe},
+      {"!=", TestNe},
+      {"lt", TestLt},
+      {"lessthan", TestLt},
+      {"<", TestLt},
+      {"le", TestLe},
+      {"<=", TestLe},
+      {"gt", TestGt},
+      {"greaterthan", TestGt},
+      {">", TestGt},
+      {"ge", TestGe},
+      {">=", TestGe},
+      {"in", TestIn},
+      {"odd", TestOdd},
+      {"even", TestEven},
       {"divisibleby", TestDivisibleBy},
-      {"lower", TestLower},       {"upper", TestUpper},
-      {"filter", TestFilter},     {"test", TestTest},
+      {"lower", TestLower},
+      {"upper", TestUpper},
+      {"filter", TestFilter},
+      {"test", TestTest},
   };
   return *tests;
 }
@@ -1097,13 +1132,15 @@ TestFn FindTest(absl::string_view name) {
 
 bool IsJinjaFilterName(absl::string_view name) {
   static const auto* names = new absl::flat_hash_set<std::string>{
-      "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e",
-      "escape", "filesizeformat", "first", "float", "forceescape", "format", "groupby",
-      "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min",
-      "pprint", "random", "reject", "rejectattr", "replace", "reverse", "round", "safe",
-      "select", "selectattr", "slice", "sort", "string", "striptags", "sum", "title", "tojson",
-      "trim", "truncate", "unique", "upper", "urlencode", "urlize", "wordcount", "wordwrap",
-      "xmlattr"};
+      "abs",    "attr",       "batch",       "capitalize", "center",   "count",
+      "d",      "default",    "dictsort",    "e",          "escape",   "filesizeformat",
+      "first",  "float",      "forceescape", "format",     "groupby",  "indent",
+      "int",    "items",      "join",        "last",       "length",   "list",
+      "lower",  "map",        "max",         "min",        "pprint",   "random",
+      "reject", "rejectattr", "replace",     "reverse",    "round",    "safe",
+      "select", "selectattr", "slice",       "sort",       "string",   "striptags",
+      "sum",    "title",      "tojson",      "trim",       "truncate", "unique",
+      "upper",  "urlencode",  "urlize",      "wordcount",  "wordwrap", "xmlattr"};
   return names->contains(name);
 }
 

@@ -109,8 +109,7 @@ class Interpreter : public RenderContext {
     if (status.ok()) return status;
     const std::string prefix = absl::StrCat(tmpl_.what, " line ");
     if (absl::StartsWith(status.message(), prefix)) return status;
-    return absl::Status(status.code(),
-                        absl::StrCat(prefix, line, ": ", status.message()));
+    return absl::Status(status.code(), absl::StrCat(prefix, line, ": ", status.message()));
   }
   template <typename T>
   absl::StatusOr<T> Located(int line, absl::StatusOr<T> result) const {
@@ -123,8 +122,8 @@ class Interpreter : public RenderContext {
 
   absl::Status CheckDepth(const Value& v, int line) const {
     if (v.depth() > kMaxValueDepth) {
-      return Located(line, absl::InvalidArgumentError(absl::StrCat(
-                               "value nesting deeper than ", kMaxValueDepth, " levels")));
+      return Located(line, absl::InvalidArgumentError(absl::StrCat("value nesting deeper than ",
+                                                                   kMaxValueDepth, " levels")));
     }
     return absl::OkStatus();
   }
@@ -162,7 +161,8 @@ class Interpreter : public RenderContext {
           if (Truthy(c)) return ExecBody(body, scope, out);
         }
         return ExecBody(s.else_body, scope, out);
-      case StmtKind::kFor: return ExecFor(s, scope, out);
+      case StmtKind::kFor:
+        return ExecFor(s, scope, out);
       case StmtKind::kSet: {
         ASSIGN_OR_RETURN(Value v, Eval(*s.expr, scope));
         RETURN_IF_ERROR(Assign(s.target, std::move(v), scope));
@@ -172,17 +172,20 @@ class Interpreter : public RenderContext {
         std::string buf;
         auto inner = std::make_shared<Scope>(scope);
         ASSIGN_OR_RETURN(Flow flow, ExecBody(s.body, inner, &buf));
+        if (flow != Flow::kNormal) return flow;  // break/continue leave before the assignment
         ASSIGN_OR_RETURN(Value v, ApplyFilters(s.filters, Value::String(std::move(buf)), scope));
         RETURN_IF_ERROR(Assign(s.target, std::move(v), scope));
-        return flow;
+        return Flow::kNormal;
       }
       case StmtKind::kMacro: {
         captured_scopes_.push_back(scope);
         scope->Set(s.name, Value::MakeCallable(std::make_shared<Macro>(this, &s, scope)));
         return Flow::kNormal;
       }
-      case StmtKind::kBreak: return Flow::kBreak;
-      case StmtKind::kContinue: return Flow::kContinue;
+      case StmtKind::kBreak:
+        return Flow::kBreak;
+      case StmtKind::kContinue:
+        return Flow::kContinue;
       case StmtKind::kWith: {
         auto inner = std::make_shared<Scope>(scope);
         std::vector<Value> values;
@@ -199,9 +202,10 @@ class Interpreter : public RenderContext {
         std::string buf;
         auto inner = std::make_shared<Scope>(scope);
         ASSIGN_OR_RETURN(Flow flow, ExecBody(s.body, inner, &buf));
+        if (flow != Flow::kNormal) return flow;  // the buffered body is dropped, as in Jinja2
         ASSIGN_OR_RETURN(Value v, ApplyFilters(s.filters, Value::String(std::move(buf)), scope));
         RETURN_IF_ERROR(Emit(v, s.line, out));
-        return flow;
+        return Flow::kNormal;
       }
       case StmtKind::kScope: {
         auto inner = std::make_shared<Scope>(scope);
@@ -251,21 +255,19 @@ class Interpreter : public RenderContext {
       case Target::Kind::kTuple: {
         if (!value.is_string() && !value.is_sequence() && !value.is_dict() &&
             !value.is_undefined()) {
-          return Located(target.line,
-                         TypeError(absl::StrCat("cannot unpack non-iterable ", PyTypeName(value),
-                                                " object")));
+          return Located(target.line, TypeError(absl::StrCat("cannot unpack non-iterable ",
+                                                             PyTypeName(value), " object")));
         }
         ASSIGN_OR_RETURN(std::vector<Value> items, Located(target.line, Iterate(value, *this)));
         const size_t want = target.items.size();
         if (items.size() < want) {
-          return Located(target.line, absl::InvalidArgumentError(absl::StrCat(
-                                          "not enough values to unpack (expected ", want,
-                                          ", got ", items.size(), ")")));
+          return Located(target.line, absl::InvalidArgumentError(
+                                          absl::StrCat("not enough values to unpack (expected ",
+                                                       want, ", got ", items.size(), ")")));
         }
         if (items.size() > want) {
-          return Located(target.line,
-                         absl::InvalidArgumentError(absl::StrCat(
-                             "too many values to unpack (expected ", want, ")")));
+          return Located(target.line, absl::InvalidArgumentError(absl::StrCat(
+                                          "too many values to unpack (expected ", want, ")")));
         }
         for (size_t i = 0; i < want; ++i) {
           RETURN_IF_ERROR(Assign(target.items[i], std::move(items[i]), scope));
@@ -320,7 +322,8 @@ class Interpreter : public RenderContext {
 
   absl::StatusOr<bool> CompareValues(CompareOp op, const Value& a, const Value& b) {
     switch (op) {
-      case CompareOp::kEq: return Equals(a, b, *this);
+      case CompareOp::kEq:
+        return Equals(a, b, *this);
       case CompareOp::kNe: {
         ASSIGN_OR_RETURN(bool eq, Equals(a, b, *this));
         return !eq;
@@ -341,7 +344,8 @@ class Interpreter : public RenderContext {
         ASSIGN_OR_RETURN(int c, Compare(a, b, ">=", *this));
         return c >= 0;
       }
-      case CompareOp::kIn: return Contains(*this, b, a);
+      case CompareOp::kIn:
+        return Contains(*this, b, a);
       case CompareOp::kNotIn: {
         ASSIGN_OR_RETURN(bool in, Contains(*this, b, a));
         return !in;
@@ -352,7 +356,8 @@ class Interpreter : public RenderContext {
 
   absl::StatusOr<Value> Eval(const Expr& e, const ScopePtr& scope) {
     switch (e.kind) {
-      case ExprKind::kConst: return e.value;
+      case ExprKind::kConst:
+        return e.value;
       case ExprKind::kName:
         if (fold_mode_) return NotConstant();
         return Lookup(e.name, scope);
@@ -419,8 +424,7 @@ class Interpreter : public RenderContext {
         if (v.is_float()) return Value::Float(neg ? -v.as_double() : v.as_double());
         if (v.is_undefined()) return Located(e.line, UndefinedError(v));
         return Located(e.line, TypeError(absl::StrCat("bad operand type for unary ",
-                                                      neg ? "-" : "+", ": '", PyTypeName(v),
-                                                      "'")));
+                                                      neg ? "-" : "+", ": '", PyTypeName(v), "'")));
       }
       case ExprKind::kNot: {
         ASSIGN_OR_RETURN(Value v, Eval(*e.a, scope));
@@ -446,8 +450,8 @@ class Interpreter : public RenderContext {
         ASSIGN_OR_RETURN(Value left, Eval(*e.items[0], scope));
         for (size_t i = 0; i < e.compare_ops.size(); ++i) {
           ASSIGN_OR_RETURN(Value right, Eval(*e.items[i + 1], scope));
-          ASSIGN_OR_RETURN(bool r, Located(e.items[i + 1]->line,
-                                           CompareValues(e.compare_ops[i], left, right)));
+          ASSIGN_OR_RETURN(
+              bool r, Located(e.items[i + 1]->line, CompareValues(e.compare_ops[i], left, right)));
           if (!r) return Value::Bool(false);
           left = std::move(right);
         }
@@ -494,10 +498,10 @@ class Interpreter : public RenderContext {
           ASSIGN_OR_RETURN(Value key, Eval(*e.items[i], scope));
           ASSIGN_OR_RETURN(Value value, Eval(*e.items[i + 1], scope));
           if (!key.is_string()) {
-            return Located(e.items[i]->line,
-                           absl::InvalidArgumentError(absl::StrCat(
-                               "dict keys other than strings are not supported (got ",
-                               PyTypeName(key), ")")));
+            return Located(
+                e.items[i]->line,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "dict keys other than strings are not supported (got ", PyTypeName(key), ")")));
           }
           dict.Set(key.str(), std::move(value));
         }
@@ -532,8 +536,8 @@ absl::StatusOr<Value> Interpreter::CallMacro(const Macro& macro, CallArgs args) 
   const size_t n = def.params.size();
   std::vector<bool> given(n, false);
   if (args.positional.size() > n && !def.uses_varargs) {
-    return TypeError(absl::StrCat("macro ", PyRepr(def.name), " takes not more than ", n,
-                                  " argument(s)"));
+    return TypeError(
+        absl::StrCat("macro ", PyRepr(def.name), " takes not more than ", n, " argument(s)"));
   }
   for (size_t i = 0; i < args.positional.size() && i < n; ++i) {
     scope->Set(def.params[i], args.positional[i]);
@@ -550,8 +554,8 @@ absl::StatusOr<Value> Interpreter::CallMacro(const Macro& macro, CallArgs args) 
       // Like Jinja2, a keyword naming a parameter already passed positionally is an extra kwarg.
       extra_kwargs.Set(key, std::move(value));
     } else {
-      return TypeError(absl::StrCat("macro ", PyRepr(def.name), " takes no keyword argument ",
-                                    PyRepr(key)));
+      return TypeError(
+          absl::StrCat("macro ", PyRepr(def.name), " takes no keyword argument ", PyRepr(key)));
     }
   }
   for (size_t i = 0; i < n; ++i) {
@@ -585,7 +589,8 @@ bool HasSafeRepr(const Value& v) {
     case ValueKind::kBool:
     case ValueKind::kInt:
     case ValueKind::kFloat:
-    case ValueKind::kString: return true;
+    case ValueKind::kString:
+      return true;
     case ValueKind::kSequence:
       if (!v.is_list_or_tuple() && !v.is_seq(SeqKind::kRange)) return false;
       for (const Value& item : v.seq().items) {
@@ -597,15 +602,16 @@ bool HasSafeRepr(const Value& v) {
         if (!HasSafeRepr(item)) return false;
       }
       return true;
-    default: return false;
+    default:
+      return false;
   }
 }
 
 class Folder {
  public:
   explicit Folder(const Template& tmpl)
-      : tmpl_(tmpl), options_{[] { return absl::UnixEpoch(); }, absl::UTCTimeZone(), 1 << 20,
-                              100000, 8} {}
+      : tmpl_(tmpl),
+        options_{[] { return absl::UnixEpoch(); }, absl::UTCTimeZone(), 1 << 20, 100000, 8} {}
 
   // Replaces each maximal sub-expression that evaluates at compile time to a value with a safe
   // repr by a constant (children first, as Jinja2's optimizer does).

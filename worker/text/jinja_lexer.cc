@@ -310,7 +310,8 @@ class Lexer {
       for (const char* two : kTwoCharOps) {
         if (src_.compare(p, 2, two) == 0) op = two;
       }
-      if (op.empty() && absl::string_view("+-/*%~[](){}><=.:|,;").find(c) != absl::string_view::npos) {
+      if (op.empty() &&
+          absl::string_view("+-/*%~[](){}><=.:|,;").find(c) != absl::string_view::npos) {
         op = std::string(1, c);
       }
       if (op.empty()) {
@@ -402,7 +403,7 @@ class Lexer {
       q = p;
       if (src_[p] == '0') {
         // 0(_?0)*
-        digits = "0";
+        digits.assign(1, '0');  // (not = "0": GCC 12 -Wrestrict false positive)
         ++q;
         while (q < src_.size()) {
           if (src_[q] == '0') {
@@ -460,18 +461,51 @@ class Lexer {
       ++p;  // the lexer guarantees a character follows
       char e = src_[p];
       switch (e) {
-        case '\n': ++p; continue;
-        case '\\': out.push_back('\\'); ++p; continue;
-        case '\'': out.push_back('\''); ++p; continue;
-        case '"': out.push_back('"'); ++p; continue;
-        case 'a': out.push_back('\a'); ++p; continue;
-        case 'b': out.push_back('\b'); ++p; continue;
-        case 'f': out.push_back('\f'); ++p; continue;
-        case 'n': out.push_back('\n'); ++p; continue;
-        case 'r': out.push_back('\r'); ++p; continue;
-        case 't': out.push_back('\t'); ++p; continue;
-        case 'v': out.push_back('\v'); ++p; continue;
-        default: break;
+        case '\n':
+          ++p;
+          continue;
+        case '\\':
+          out.push_back('\\');
+          ++p;
+          continue;
+        case '\'':
+          out.push_back('\'');
+          ++p;
+          continue;
+        case '"':
+          out.push_back('"');
+          ++p;
+          continue;
+        case 'a':
+          out.push_back('\a');
+          ++p;
+          continue;
+        case 'b':
+          out.push_back('\b');
+          ++p;
+          continue;
+        case 'f':
+          out.push_back('\f');
+          ++p;
+          continue;
+        case 'n':
+          out.push_back('\n');
+          ++p;
+          continue;
+        case 'r':
+          out.push_back('\r');
+          ++p;
+          continue;
+        case 't':
+          out.push_back('\t');
+          ++p;
+          continue;
+        case 'v':
+          out.push_back('\v');
+          ++p;
+          continue;
+        default:
+          break;
       }
       if (e >= '0' && e <= '7') {
         uint32_t v = 0;
@@ -533,17 +567,28 @@ class Lexer {
 
 std::string DescribeToken(const Token& token) {
   switch (token.type) {
-    case TokenType::kData: return "template data";
-    case TokenType::kVariableBegin: return "'{{'";
-    case TokenType::kVariableEnd: return "'}}'";
-    case TokenType::kBlockBegin: return "'{%'";
-    case TokenType::kBlockEnd: return "'%}'";
-    case TokenType::kName: return absl::StrCat("'", token.value, "'");
-    case TokenType::kString: return "string literal";
-    case TokenType::kInteger: return absl::StrCat("integer ", token.int_value);
-    case TokenType::kFloat: return "float literal";
-    case TokenType::kOperator: return absl::StrCat("'", token.value, "'");
-    case TokenType::kEof: return "end of template";
+    case TokenType::kData:
+      return "template data";
+    case TokenType::kVariableBegin:
+      return "'{{'";
+    case TokenType::kVariableEnd:
+      return "'}}'";
+    case TokenType::kBlockBegin:
+      return "'{%'";
+    case TokenType::kBlockEnd:
+      return "'%}'";
+    case TokenType::kName:
+      return absl::StrCat("'", token.value, "'");
+    case TokenType::kString:
+      return "string literal";
+    case TokenType::kInteger:
+      return absl::StrCat("integer ", token.int_value);
+    case TokenType::kFloat:
+      return "float literal";
+    case TokenType::kOperator:
+      return absl::StrCat("'", token.value, "'");
+    case TokenType::kEof:
+      return "end of template";
   }
   return "token";
 }

@@ -19,8 +19,8 @@ constexpr int kMaxNesting = 150;
 // Tags that Jinja2 (or an extension) defines but this interpreter does not.
 const std::set<std::string>& UnsupportedTags() {
   static const auto* tags = new std::set<std::string>{
-      "block", "extends", "include", "import", "from", "call", "autoescape", "do",
-      "trans", "pluralize", "debug", "endblock", "endcall", "endautoescape", "endtrans"};
+      "block", "extends",   "include", "import",   "from",    "call",          "autoescape", "do",
+      "trans", "pluralize", "debug",   "endblock", "endcall", "endautoescape", "endtrans"};
   return *tags;
 }
 
@@ -81,7 +81,8 @@ class Parser {
   }
   absl::Status ExpectBlockEnd() {
     if (Cur().type != TokenType::kBlockEnd) {
-      return Error(Cur(), absl::StrCat("expected end of statement '%}', got ", DescribeToken(Cur())));
+      return Error(Cur(),
+                   absl::StrCat("expected end of statement '%}', got ", DescribeToken(Cur())));
     }
     Next();
     return absl::OkStatus();
@@ -480,7 +481,7 @@ class Parser {
       if (t.type == TokenType::kOperator &&
           (t.value == "==" || t.value == "!=" || t.value == "<" || t.value == "<=" ||
            t.value == ">" || t.value == ">=")) {
-        op = t.value == "==" ? CompareOp::kEq
+        op = t.value == "=="   ? CompareOp::kEq
              : t.value == "!=" ? CompareOp::kNe
              : t.value == "<"  ? CompareOp::kLt
              : t.value == "<=" ? CompareOp::kLe
@@ -634,7 +635,8 @@ class Parser {
         if (t.value == "[") return ParseList();
         if (t.value == "{") return ParseDict();
         break;
-      default: break;
+      default:
+        break;
     }
     return Error(t, absl::StrCat("unexpected ", DescribeToken(t), " in expression"));
   }
@@ -760,8 +762,8 @@ class Parser {
         e->b->value = Value::Int(attr.int_value);
         return e;
       }
-      return Error(attr, absl::StrCat("expected a name or number after '.', got ",
-                                      DescribeToken(attr)));
+      return Error(attr,
+                   absl::StrCat("expected a name or number after '.', got ", DescribeToken(attr)));
     }
     // '['
     std::vector<ExprPtr> args;
@@ -917,9 +919,9 @@ class Parser {
     const std::string& name = e.items[index]->value.str();
     const Expr& arg = *e.items[index];
     if (is_test && FindTest(name) == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what_, " line ", arg.line, " column ", arg.column, ": ",
-          IsJinjaTestName(name) ? "unsupported" : "unknown", " test '", name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what_, " line ", arg.line, " column ", arg.column, ": ",
+                       IsJinjaTestName(name) ? "unsupported" : "unknown", " test '", name, "'"));
     }
     if (!is_test && FindFilter(name) == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -69,30 +69,50 @@ char32_t SimpleTitle(char32_t c) {
 // Python's full (multi-character) mappings for the common SpecialCasing.txt entries.
 const char* FullUpper(char32_t c) {
   switch (c) {
-    case 0xDF: return "SS";
-    case 0x149: return "\xCA\xBCN";  // ʼN
-    case 0xFB00: return "FF";
-    case 0xFB01: return "FI";
-    case 0xFB02: return "FL";
-    case 0xFB03: return "FFI";
-    case 0xFB04: return "FFL";
-    case 0xFB05: return "ST";
-    case 0xFB06: return "ST";
-    default: return nullptr;
+    case 0xDF:
+      return "SS";
+    case 0x149:
+      return "\xCA\xBCN";  // ʼN
+    case 0xFB00:
+      return "FF";
+    case 0xFB01:
+      return "FI";
+    case 0xFB02:
+      return "FL";
+    case 0xFB03:
+      return "FFI";
+    case 0xFB04:
+      return "FFL";
+    case 0xFB05:
+      return "ST";
+    case 0xFB06:
+      return "ST";
+    default:
+      return nullptr;
   }
 }
 const char* FullTitle(char32_t c) {
   switch (c) {
-    case 0xDF: return "Ss";
-    case 0x149: return "\xCA\xBCN";
-    case 0xFB00: return "Ff";
-    case 0xFB01: return "Fi";
-    case 0xFB02: return "Fl";
-    case 0xFB03: return "Ffi";
-    case 0xFB04: return "Ffl";
-    case 0xFB05: return "St";
-    case 0xFB06: return "St";
-    default: return nullptr;
+    case 0xDF:
+      return "Ss";
+    case 0x149:
+      return "\xCA\xBCN";
+    case 0xFB00:
+      return "Ff";
+    case 0xFB01:
+      return "Fi";
+    case 0xFB02:
+      return "Fl";
+    case 0xFB03:
+      return "Ffi";
+    case 0xFB04:
+      return "Ffl";
+    case 0xFB05:
+      return "St";
+    case 0xFB06:
+      return "St";
+    default:
+      return nullptr;
   }
 }
 
@@ -302,8 +322,8 @@ bool IsPyPrintable(char32_t c) {
 }
 
 bool IsPyLineBreak(char32_t c) {
-  return c == '\n' || c == '\r' || c == 0x0B || c == 0x0C || c == 0x1C || c == 0x1D ||
-         c == 0x1E || c == 0x85 || c == 0x2028 || c == 0x2029;
+  return c == '\n' || c == '\r' || c == 0x0B || c == 0x0C || c == 0x1C || c == 0x1D || c == 0x1E ||
+         c == 0x85 || c == 0x2028 || c == 0x2029;
 }
 
 // --- str methods ---------------------------------------------------------------------------------
@@ -312,7 +332,9 @@ std::string PyStrip(absl::string_view s, const std::optional<std::string>& chars
                     bool right) {
   std::vector<char32_t> set;
   if (chars.has_value()) set = DecodeUtf8All(*chars);
-  auto strip_me = [&](char32_t c) { return chars.has_value() ? InChars(c, set) : IsPyWhitespace(c); };
+  auto strip_me = [&](char32_t c) {
+    return chars.has_value() ? InChars(c, set) : IsPyWhitespace(c);
+  };
   size_t begin = 0;
   size_t end = s.size();
   if (left) {

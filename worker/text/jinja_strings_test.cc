@@ -33,9 +33,9 @@ TEST(JinjaStrings, FloatReprMatchesPython) {
 
 TEST(JinjaStrings, Utf8Helpers) {
   EXPECT_TRUE(IsValidUtf8("h\xC3\xA9 \xF0\x9F\xA6\x99"));
-  EXPECT_FALSE(IsValidUtf8("\xC3"));          // truncated
-  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));      // overlong
-  EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));  // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xC3"));              // truncated
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));      // surrogate
   EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // beyond U+10FFFF
   EXPECT_EQ(CodePointCount("h\xC3\xA9\xF0\x9F\xA6\x99"), 3);
   EXPECT_THAT(SplitCodePoints("a\xC3\xA9"), ElementsAre("a", "\xC3\xA9"));
@@ -51,7 +51,10 @@ TEST(JinjaStrings, StripUsesPythonWhitespace) {
   EXPECT_EQ(PyStrip("\xC2\xA0x\xE3\x80\x80\xE2\x80\xA8", std::nullopt, true, true), "x");
   EXPECT_EQ(PyStrip("xxaxx", std::string("x"), true, false), "axx");
   EXPECT_EQ(PyStrip("xxaxx", std::string("x"), false, true), "xxa");
-  EXPECT_EQ(PyStrip("\xC3\xA9" "a\xC3\xA9", std::string("\xC3\xA9"), true, true), "a");
+  EXPECT_EQ(PyStrip("\xC3\xA9"
+                    "a\xC3\xA9",
+                    std::string("\xC3\xA9"), true, true),
+            "a");
   EXPECT_EQ(PyStrip("", std::nullopt, true, true), "");
 }
 
@@ -80,8 +83,13 @@ TEST(JinjaStrings, ReplaceFindCount) {
 }
 
 TEST(JinjaStrings, CaseMapping) {
-  EXPECT_EQ(PyUpper("stra\xC3\x9F" "e"), "STRASSE");
-  EXPECT_EQ(PyLower("\xC3\x84" "bC"), "\xC3\xA4" "bc");
+  EXPECT_EQ(PyUpper("stra\xC3\x9F"
+                    "e"),
+            "STRASSE");
+  EXPECT_EQ(PyLower("\xC3\x84"
+                    "bC"),
+            "\xC3\xA4"
+            "bc");
   EXPECT_EQ(PyLower("\xCE\xA3\xCE\x91\xCE\xA3"), "\xCF\x83\xCE\xB1\xCF\x82");  // ΣΑΣ -> σας
   EXPECT_EQ(PyTitle("they're bill's"), "They'Re Bill'S");
   EXPECT_EQ(PyCapitalize("hELLO wORLD"), "Hello world");
@@ -91,7 +99,7 @@ TEST(JinjaStrings, CaseMapping) {
   EXPECT_FALSE(PyIsLower("Abc"));
   EXPECT_TRUE(PyIsUpper("ABC"));
   EXPECT_TRUE(PyIsTitle("Title Case"));
-  EXPECT_TRUE(PyIsDigit("\xC2\xB2"));     // superscript two
+  EXPECT_TRUE(PyIsDigit("\xC2\xB2"));  // superscript two
   EXPECT_FALSE(PyIsDecimal("\xC2\xB2"));
   EXPECT_TRUE(PyIsNumeric("\xC2\xBD"));  // one half
   EXPECT_FALSE(PyIsAlpha(""));
@@ -103,7 +111,7 @@ TEST(JinjaStrings, ReprQuotesAndEscapesLikePython) {
   EXPECT_EQ(PyRepr("both'\""), "'both\\'\"'");
   EXPECT_EQ(PyRepr("a\nb\t\\"), "'a\\nb\\t\\\\'");
   EXPECT_EQ(PyRepr("\x01\x7f"), "'\\x01\\x7f'");
-  EXPECT_EQ(PyRepr("\xC3\xA9"), "'\xC3\xA9'");                // printable: kept
+  EXPECT_EQ(PyRepr("\xC3\xA9"), "'\xC3\xA9'");                  // printable: kept
   EXPECT_EQ(PyRepr("\xC2\xA0\xE2\x80\x8B"), "'\\xa0\\u200b'");  // not printable
   EXPECT_EQ(PyRepr("\xF0\x9F\xA6\x99"), "'\xF0\x9F\xA6\x99'");
 }

@@ -19,13 +19,20 @@ absl::Status TooDeep() {
 
 const char* BinaryOpSymbol(BinaryOp op) {
   switch (op) {
-    case BinaryOp::kAdd: return "+";
-    case BinaryOp::kSub: return "-";
-    case BinaryOp::kMul: return "*";
-    case BinaryOp::kDiv: return "/";
-    case BinaryOp::kFloorDiv: return "//";
-    case BinaryOp::kMod: return "%";
-    case BinaryOp::kPow: return "** or pow()";
+    case BinaryOp::kAdd:
+      return "+";
+    case BinaryOp::kSub:
+      return "-";
+    case BinaryOp::kMul:
+      return "*";
+    case BinaryOp::kDiv:
+      return "/";
+    case BinaryOp::kFloorDiv:
+      return "//";
+    case BinaryOp::kMod:
+      return "%";
+    case BinaryOp::kPow:
+      return "** or pow()";
   }
   return "?";
 }
@@ -97,14 +104,29 @@ void AppendJsonString(absl::string_view s, bool ensure_ascii, std::string* out) 
     size_t start = pos;
     char32_t c = DecodeUtf8(s, &pos);
     switch (c) {
-      case '"': out->append("\\\""); continue;
-      case '\\': out->append("\\\\"); continue;
-      case '\n': out->append("\\n"); continue;
-      case '\r': out->append("\\r"); continue;
-      case '\t': out->append("\\t"); continue;
-      case '\b': out->append("\\b"); continue;
-      case '\f': out->append("\\f"); continue;
-      default: break;
+      case '"':
+        out->append("\\\"");
+        continue;
+      case '\\':
+        out->append("\\\\");
+        continue;
+      case '\n':
+        out->append("\\n");
+        continue;
+      case '\r':
+        out->append("\\r");
+        continue;
+      case '\t':
+        out->append("\\t");
+        continue;
+      case '\b':
+        out->append("\\b");
+        continue;
+      case '\f':
+        out->append("\\f");
+        continue;
+      default:
+        break;
     }
     if (c < 0x20 || (ensure_ascii && c >= 0x7F)) {
       if (c > 0xFFFF) {
@@ -216,12 +238,17 @@ Value Value::Loop(std::shared_ptr<LoopState> loop) {
 
 int Value::depth() const {
   switch (kind_) {
-    case ValueKind::kSequence: return seq().depth;
-    case ValueKind::kDict: return dict().depth();
-    case ValueKind::kCallable: return fn().depth();
+    case ValueKind::kSequence:
+      return seq().depth;
+    case ValueKind::kDict:
+      return dict().depth();
+    case ValueKind::kCallable:
+      return fn().depth();
     case ValueKind::kNamespace:
-    case ValueKind::kLoop: return 1;
-    default: return 0;
+    case ValueKind::kLoop:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -287,44 +314,66 @@ std::shared_ptr<NamespaceData> RenderContext::NewNamespace() {
 
 std::string PyTypeName(const Value& v) {
   switch (v.kind()) {
-    case ValueKind::kUndefined: return "Undefined";
-    case ValueKind::kNone: return "NoneType";
-    case ValueKind::kBool: return "bool";
-    case ValueKind::kInt: return "int";
-    case ValueKind::kFloat: return "float";
-    case ValueKind::kString: return v.is_markup() ? "Markup" : "str";
+    case ValueKind::kUndefined:
+      return "Undefined";
+    case ValueKind::kNone:
+      return "NoneType";
+    case ValueKind::kBool:
+      return "bool";
+    case ValueKind::kInt:
+      return "int";
+    case ValueKind::kFloat:
+      return "float";
+    case ValueKind::kString:
+      return v.is_markup() ? "Markup" : "str";
     case ValueKind::kSequence:
       switch (v.seq().kind) {
-        case SeqKind::kList: return "list";
-        case SeqKind::kTuple: return "tuple";
-        case SeqKind::kIterator: return v.seq().iterator_type;
-        case SeqKind::kKeysView: return "dict_keys";
-        case SeqKind::kValuesView: return "dict_values";
-        case SeqKind::kItemsView: return "dict_items";
-        case SeqKind::kRange: return "range";
+        case SeqKind::kList:
+          return "list";
+        case SeqKind::kTuple:
+          return "tuple";
+        case SeqKind::kIterator:
+          return v.seq().iterator_type;
+        case SeqKind::kKeysView:
+          return "dict_keys";
+        case SeqKind::kValuesView:
+          return "dict_values";
+        case SeqKind::kItemsView:
+          return "dict_items";
+        case SeqKind::kRange:
+          return "range";
       }
       return "list";
-    case ValueKind::kDict: return "dict";
-    case ValueKind::kNamespace: return "Namespace";
-    case ValueKind::kCallable: return v.fn().type_name();
-    case ValueKind::kLoop: return "LoopContext";
+    case ValueKind::kDict:
+      return "dict";
+    case ValueKind::kNamespace:
+      return "Namespace";
+    case ValueKind::kCallable:
+      return v.fn().type_name();
+    case ValueKind::kLoop:
+      return "LoopContext";
   }
   return "object";
 }
 
 std::string ObjectTypeRepr(const Value& v) {
   switch (v.kind()) {
-    case ValueKind::kNone: return "None";
-    case ValueKind::kUndefined: return "jinja2.runtime.Undefined object";
-    case ValueKind::kNamespace: return "jinja2.utils.Namespace object";
-    case ValueKind::kLoop: return "jinja2.runtime.LoopContext object";
+    case ValueKind::kNone:
+      return "None";
+    case ValueKind::kUndefined:
+      return "jinja2.runtime.Undefined object";
+    case ValueKind::kNamespace:
+      return "jinja2.utils.Namespace object";
+    case ValueKind::kLoop:
+      return "jinja2.runtime.LoopContext object";
     case ValueKind::kString:
       if (v.is_markup()) return "markupsafe.Markup object";
       break;
     case ValueKind::kCallable:
       if (std::string(v.fn().type_name()) == "Macro") return "jinja2.runtime.Macro object";
       break;
-    default: break;
+    default:
+      break;
   }
   return absl::StrCat(PyTypeName(v), " object");
 }
@@ -345,23 +394,27 @@ Value UndefinedElement(const Value& obj, const Value& key, RenderContext& ctx) {
   return Value::Undefined(absl::StrCat(ObjectTypeRepr(obj), " has no element ", key_repr));
 }
 
-absl::Status TypeError(absl::string_view message) {
-  return absl::InvalidArgumentError(message);
-}
+absl::Status TypeError(absl::string_view message) { return absl::InvalidArgumentError(message); }
 
 bool Truthy(const Value& v) {
   switch (v.kind()) {
     case ValueKind::kUndefined:
-    case ValueKind::kNone: return false;
+    case ValueKind::kNone:
+      return false;
     case ValueKind::kBool:
-    case ValueKind::kInt: return v.as_int() != 0;
-    case ValueKind::kFloat: return v.as_double() != 0;
-    case ValueKind::kString: return !v.str().empty();
+    case ValueKind::kInt:
+      return v.as_int() != 0;
+    case ValueKind::kFloat:
+      return v.as_double() != 0;
+    case ValueKind::kString:
+      return !v.str().empty();
     case ValueKind::kSequence:
       if (v.seq().kind == SeqKind::kIterator) return true;
       return !v.seq().items.empty();
-    case ValueKind::kDict: return !v.dict().empty();
-    default: return true;
+    case ValueKind::kDict:
+      return !v.dict().empty();
+    default:
+      return true;
   }
 }
 
@@ -409,7 +462,9 @@ absl::Status Unprintable(const Value& v) {
 absl::Status AppendRepr(const Value& v, RenderContext& ctx, std::string* out, int depth) {
   if (depth > kMaxValueDepth) return TooDeep();
   switch (v.kind()) {
-    case ValueKind::kUndefined: out->append("Undefined"); return absl::OkStatus();
+    case ValueKind::kUndefined:
+      out->append("Undefined");
+      return absl::OkStatus();
     case ValueKind::kString:
       if (v.is_markup()) {
         absl::StrAppend(out, "Markup(", PyRepr(v.str()), ")");
@@ -443,11 +498,13 @@ absl::Status AppendRepr(const Value& v, RenderContext& ctx, std::string* out, in
           if (seq.range_step != 1) absl::StrAppend(out, ", ", seq.range_step);
           out->push_back(')');
           return absl::OkStatus();
-        case SeqKind::kIterator: return Unprintable(v);
+        case SeqKind::kIterator:
+          return Unprintable(v);
       }
       return Unprintable(v);
     }
-    case ValueKind::kDict: return AppendDictRepr(v.dict(), ctx, out, depth);
+    case ValueKind::kDict:
+      return AppendDictRepr(v.dict(), ctx, out, depth);
     case ValueKind::kNamespace:
       out->append("<Namespace ");
       RETURN_IF_ERROR(AppendDictRepr(v.ns().attrs, ctx, out, depth));
@@ -459,23 +516,36 @@ absl::Status AppendRepr(const Value& v, RenderContext& ctx, std::string* out, in
       out->append(repr);
       return absl::OkStatus();
     }
-    case ValueKind::kLoop: out->append(LoopRepr(v.loop())); return absl::OkStatus();
-    default: return AppendStr(v, ctx, out);
+    case ValueKind::kLoop:
+      out->append(LoopRepr(v.loop()));
+      return absl::OkStatus();
+    default:
+      return AppendStr(v, ctx, out);
   }
 }
 
 absl::Status AppendStr(const Value& v, RenderContext& ctx, std::string* out) {
   switch (v.kind()) {
-    case ValueKind::kUndefined: return absl::OkStatus();
-    case ValueKind::kNone: out->append("None"); return absl::OkStatus();
-    case ValueKind::kBool: out->append(v.as_bool() ? "True" : "False"); return absl::OkStatus();
-    case ValueKind::kInt: absl::StrAppend(out, v.as_int()); return absl::OkStatus();
-    case ValueKind::kFloat: out->append(PyFloatRepr(v.as_double())); return absl::OkStatus();
+    case ValueKind::kUndefined:
+      return absl::OkStatus();
+    case ValueKind::kNone:
+      out->append("None");
+      return absl::OkStatus();
+    case ValueKind::kBool:
+      out->append(v.as_bool() ? "True" : "False");
+      return absl::OkStatus();
+    case ValueKind::kInt:
+      absl::StrAppend(out, v.as_int());
+      return absl::OkStatus();
+    case ValueKind::kFloat:
+      out->append(PyFloatRepr(v.as_double()));
+      return absl::OkStatus();
     case ValueKind::kString:
       RETURN_IF_ERROR(ctx.CheckSize(out->size() + v.str().size()));
       out->append(v.str());
       return absl::OkStatus();
-    default: return AppendRepr(v, ctx, out, 0);
+    default:
+      return AppendRepr(v, ctx, out, 0);
   }
 }
 
@@ -498,8 +568,10 @@ absl::StatusOr<bool> Equals(const Value& a, const Value& b, RenderContext& ctx, 
   if (a.kind() != b.kind()) return false;
   switch (a.kind()) {
     case ValueKind::kUndefined:
-    case ValueKind::kNone: return true;
-    case ValueKind::kString: return a.str() == b.str();
+    case ValueKind::kNone:
+      return true;
+    case ValueKind::kString:
+      return a.str() == b.str();
     case ValueKind::kSequence: {
       if (a.identity() == b.identity()) return true;
       const Sequence& x = a.seq();
@@ -541,7 +613,8 @@ absl::StatusOr<bool> Equals(const Value& a, const Value& b, RenderContext& ctx, 
       }
       return true;
     }
-    default: return a.identity() == b.identity();
+    default:
+      return a.identity() == b.identity();
   }
 }
 
@@ -594,7 +667,8 @@ absl::Status TakeDeferredError(const Sequence& seq) {
 
 absl::StatusOr<std::vector<Value>> Iterate(const Value& v, RenderContext& ctx) {
   switch (v.kind()) {
-    case ValueKind::kUndefined: return std::vector<Value>{};
+    case ValueKind::kUndefined:
+      return std::vector<Value>{};
     case ValueKind::kString: {
       std::vector<Value> out;
       for (std::string& c : SplitCodePoints(v.str())) out.push_back(Value::String(std::move(c)));
@@ -621,20 +695,26 @@ absl::StatusOr<std::vector<Value>> Iterate(const Value& v, RenderContext& ctx) {
     }
     case ValueKind::kLoop:
       return absl::InvalidArgumentError("iterating a loop object is not supported");
-    default: return TypeError(absl::StrCat("'", PyTypeName(v), "' object is not iterable"));
+    default:
+      return TypeError(absl::StrCat("'", PyTypeName(v), "' object is not iterable"));
   }
 }
 
 absl::StatusOr<int64_t> Length(const Value& v) {
   switch (v.kind()) {
-    case ValueKind::kUndefined: return 0;
-    case ValueKind::kString: return CodePointCount(v.str());
+    case ValueKind::kUndefined:
+      return 0;
+    case ValueKind::kString:
+      return CodePointCount(v.str());
     case ValueKind::kSequence:
       if (v.seq().kind == SeqKind::kIterator) break;
       return static_cast<int64_t>(v.seq().items.size());
-    case ValueKind::kDict: return static_cast<int64_t>(v.dict().size());
-    case ValueKind::kLoop: return static_cast<int64_t>(v.loop().items->size());
-    default: break;
+    case ValueKind::kDict:
+      return static_cast<int64_t>(v.dict().size());
+    case ValueKind::kLoop:
+      return static_cast<int64_t>(v.loop().items->size());
+    default:
+      break;
   }
   return TypeError(absl::StrCat("object of type '", PyTypeName(v), "' has no len()"));
 }
@@ -648,8 +728,10 @@ absl::StatusOr<Value> FromJson(const nlohmann::ordered_json& j, const std::strin
         absl::StrCat(path, ": nested deeper than ", kMaxValueDepth, " levels"));
   }
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return Value::None();
-    case nlohmann::ordered_json::value_t::boolean: return Value::Bool(j.get<bool>());
+    case nlohmann::ordered_json::value_t::null:
+      return Value::None();
+    case nlohmann::ordered_json::value_t::boolean:
+      return Value::Bool(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
       return Value::Int(j.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: {
@@ -660,7 +742,8 @@ absl::StatusOr<Value> FromJson(const nlohmann::ordered_json& j, const std::strin
       }
       return Value::Int(static_cast<int64_t>(u));
     }
-    case nlohmann::ordered_json::value_t::number_float: return Value::Float(j.get<double>());
+    case nlohmann::ordered_json::value_t::number_float:
+      return Value::Float(j.get<double>());
     case nlohmann::ordered_json::value_t::string: {
       const auto& s = j.get_ref<const std::string&>();
       if (!IsValidUtf8(s)) {
@@ -701,9 +784,15 @@ absl::Status AppendJson(const Value& v, const JsonFormat& f, RenderContext& ctx,
   if (depth > kMaxValueDepth) return TooDeep();
   RETURN_IF_ERROR(ctx.CheckSize(out->size()));
   switch (v.kind()) {
-    case ValueKind::kNone: out->append("null"); return absl::OkStatus();
-    case ValueKind::kBool: out->append(v.as_bool() ? "true" : "false"); return absl::OkStatus();
-    case ValueKind::kInt: absl::StrAppend(out, v.as_int()); return absl::OkStatus();
+    case ValueKind::kNone:
+      out->append("null");
+      return absl::OkStatus();
+    case ValueKind::kBool:
+      out->append(v.as_bool() ? "true" : "false");
+      return absl::OkStatus();
+    case ValueKind::kInt:
+      absl::StrAppend(out, v.as_int());
+      return absl::OkStatus();
     case ValueKind::kFloat: {
       double d = v.as_double();
       if (std::isnan(d)) {
@@ -715,7 +804,9 @@ absl::Status AppendJson(const Value& v, const JsonFormat& f, RenderContext& ctx,
       }
       return absl::OkStatus();
     }
-    case ValueKind::kString: AppendJsonString(v.str(), f.ensure_ascii, out); return absl::OkStatus();
+    case ValueKind::kString:
+      AppendJsonString(v.str(), f.ensure_ascii, out);
+      return absl::OkStatus();
     case ValueKind::kSequence:
       if (v.is_list_or_tuple()) {
         const auto& items = v.seq().items;
@@ -758,15 +849,15 @@ absl::Status AppendJson(const Value& v, const JsonFormat& f, RenderContext& ctx,
       out->push_back('}');
       return absl::OkStatus();
     }
-    default: break;
+    default:
+      break;
   }
   return TypeError(absl::StrCat("Object of type ", PyTypeName(v), " is not JSON serializable"));
 }
 
 // --- Arithmetic ----------------------------------------------------------------------------------
 
-absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b,
-                                  RenderContext& ctx) {
+absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b, RenderContext& ctx) {
   if (op == BinaryOp::kMod && a.is_string() && !a.is_markup()) {
     // str.__mod__ runs first, whatever the right operand (even an undefined).
     ASSIGN_OR_RETURN(std::string s, PercentFormat(a.str(), b, ctx));
@@ -820,9 +911,8 @@ absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b,
           return Value::Int(op == BinaryOp::kFloorDiv ? q : m);
         }
         if (dy == 0) {
-          return absl::InvalidArgumentError(op == BinaryOp::kFloorDiv
-                                                ? "float floor division by zero"
-                                                : "float modulo");
+          return absl::InvalidArgumentError(
+              op == BinaryOp::kFloorDiv ? "float floor division by zero" : "float modulo");
         }
         double fd, m;
         FloatDivMod(dx, dy, &fd, &m);
@@ -858,8 +948,8 @@ absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b,
       if (a.is_string()) {
         if (a.is_markup() && !b.is_string()) return Unsupported(op, a, b);
         if (!b.is_string()) {
-          return TypeError(absl::StrCat("can only concatenate str (not \"", PyTypeName(b),
-                                        "\") to str"));
+          return TypeError(
+              absl::StrCat("can only concatenate str (not \"", PyTypeName(b), "\") to str"));
         }
         if (a.is_markup() || b.is_markup()) {
           return absl::InvalidArgumentError(
@@ -888,8 +978,8 @@ absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b,
       if (is_repeatable(b) && a.is_integral()) return Repeat(b, a.as_int(), ctx);
       if (is_repeatable(a) || is_repeatable(b)) {
         const Value& other = is_repeatable(a) ? b : a;
-        return TypeError(absl::StrCat("can't multiply sequence by non-int of type '",
-                                      PyTypeName(other), "'"));
+        return TypeError(
+            absl::StrCat("can't multiply sequence by non-int of type '", PyTypeName(other), "'"));
       }
       break;
     }
@@ -903,7 +993,8 @@ absl::StatusOr<Value> BinaryArith(BinaryOp op, const Value& a, const Value& b,
         return Value::String(std::move(s));
       }
       break;
-    default: break;
+    default:
+      break;
   }
   return Unsupported(op, a, b);
 }
@@ -954,12 +1045,14 @@ absl::StatusOr<std::string> PercentFormat(absl::string_view format, const Value&
       if (mapping == nullptr) return fail("format requires a mapping");
       std::string key(format.substr(i + 1, close - i - 1));
       arg = mapping->Find(key);
-      if (arg == nullptr) return absl::InvalidArgumentError(absl::StrCat("KeyError: ", PyRepr(key)));
+      if (arg == nullptr)
+        return absl::InvalidArgumentError(absl::StrCat("KeyError: ", PyRepr(key)));
       used_mapping = true;
       i = close + 1;
     }
     std::string flags;
-    while (i < format.size() && absl::string_view("-+ #0").find(format[i]) != absl::string_view::npos) {
+    while (i < format.size() &&
+           absl::string_view("-+ #0").find(format[i]) != absl::string_view::npos) {
       flags.push_back(format[i++]);
     }
     int width = -1;
@@ -1009,16 +1102,16 @@ absl::StatusOr<std::string> PercentFormat(absl::string_view format, const Value&
       case 'c': {
         if (arg->is_undefined()) return UndefinedError(*arg);
         if (!arg->is_number()) {
-          return fail(absl::StrCat("%", std::string(1, type), " format: a real number is required, not ",
-                                   PyTypeName(*arg)));
+          return fail(absl::StrCat("%", std::string(1, type),
+                                   " format: a real number is required, not ", PyTypeName(*arg)));
         }
         if (type == 'c') {
           piece.clear();
           AppendUtf8(static_cast<char32_t>(arg->as_int()), &piece);
           break;
         }
-        int64_t n = arg->is_float() ? static_cast<int64_t>(std::trunc(arg->as_double()))
-                                    : arg->as_int();
+        int64_t n =
+            arg->is_float() ? static_cast<int64_t>(std::trunc(arg->as_double())) : arg->as_int();
         std::string spec = "%" + flags;
         if (precision >= 0) spec += "." + std::to_string(precision);
         spec += (type == 'x' || type == 'X' || type == 'o') ? std::string("l") + type
@@ -1065,9 +1158,8 @@ absl::StatusOr<std::string> PercentFormat(absl::string_view format, const Value&
       if (left) {
         piece.append(pad, ' ');
       } else if (zero) {
-        size_t sign = (!piece.empty() && (piece[0] == '-' || piece[0] == '+' || piece[0] == ' '))
-                          ? 1
-                          : 0;
+        size_t sign =
+            (!piece.empty() && (piece[0] == '-' || piece[0] == '+' || piece[0] == ' ')) ? 1 : 0;
         piece.insert(sign, pad, '0');
       } else {
         piece.insert(0, pad, ' ');

@@ -115,7 +115,9 @@ class Value {
   static Value Float(double f);
   static Value String(std::string s, bool markup = false);
   static Value MakeSequence(SeqKind kind, std::vector<Value> items);
-  static Value List(std::vector<Value> items) { return MakeSequence(SeqKind::kList, std::move(items)); }
+  static Value List(std::vector<Value> items) {
+    return MakeSequence(SeqKind::kList, std::move(items));
+  }
   static Value Tuple(std::vector<Value> items) {
     return MakeSequence(SeqKind::kTuple, std::move(items));
   }
