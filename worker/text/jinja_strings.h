@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "worker/text/unicode.h"
 
 namespace shardserve::jinja {
 
@@ -24,7 +25,7 @@ bool IsAscii(absl::string_view s);
 // Decodes the code point starting at byte `*pos` and advances `*pos` past it. An invalid byte
 // decodes as itself (one byte).
 char32_t DecodeUtf8(absl::string_view s, size_t* pos);
-void AppendUtf8(char32_t cp, std::string* out);
+using ::shardserve::text::AppendUtf8;
 std::vector<char32_t> DecodeUtf8All(absl::string_view s);
 std::string EncodeUtf8(const std::vector<char32_t>& cps);
 // Number of code points (Python len()).
