@@ -3,7 +3,9 @@
 #ifndef SHARDSERVE_CLI_COMMANDS_H_
 #define SHARDSERVE_CLI_COMMANDS_H_
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace shardserve::cli {
 
@@ -31,6 +33,60 @@ struct TemplateOptions {
 };
 // Prints the prompt the model's chat template renders for the conversation.
 int RunTemplate(const TemplateOptions& options);
+
+struct ChatOptions {
+  std::string target;       // host:port of a worker or the gateway
+  std::string model;        // "": the first model ListModels returns
+  std::string system;       // optional system message
+  std::string prompt;       // "": interactive (one user turn per stdin line)
+  int max_tokens = 0;       // 0: the server's default
+  float temperature = -1;   // < 0: the server's default
+  int64_t seed = -1;        // < 0: unseeded
+  double wait_seconds = 0;  // > 0: first wait this long for the target's health to be SERVING
+};
+// Streams the reply (shardserve.chat.v1.Chat) to stdout; token counts and speed go to stderr.
+// Errors print the gRPC code and message on stderr and return 1.
+int RunChat(const ChatOptions& options);
+
+// --- in-process generation and scoring (`run`, `perplexity`) ---
+
+struct RunOptions {
+  std::string model;          // GGUF file or HF model directory
+  std::string prompt;         // the user message (or, without a chat template, the raw text)
+  std::string messages_file;  // instead of prompt: JSON [{"role", "content"}...] or
+                              // {"messages": [...]}
+  std::string system;         // optional system message, put first
+  int max_tokens = -1;        // -1: 512 or what the context leaves; 0: until EOS / context
+  // Sampling; the defaults are llama-cli's. temperature 0 is greedy.
+  float temperature = 0.8f;
+  int top_k = 40;
+  float top_p = 0.95f;
+  float min_p = 0.05f;
+  float repetition_penalty = 1.0f;
+  int64_t seed = -1;  // < 0: a random seed (printed with the stats)
+  std::vector<std::string> stop;
+  int logprobs = -1;               // >= 0: report logprobs with this many alternatives (0..20)
+  int threads = 0;                 // 0: one per core
+  int64_t context = 0;             // 0: the model's max_position_embeddings
+  std::string activations = "q8";  // "q8" (llama.cpp's arithmetic) or "f32"
+  bool json = false;               // one JSON object at the end instead of streamed text
+};
+// Loads the model, renders the chat template (with the assistant turn's opening), generates with
+// an in-process Engine and streams the text to stdout; a stats line goes to stderr.
+int RunGenerate(const RunOptions& options);
+
+struct PerplexityOptions {
+  std::string model;
+  std::string text_file;
+  int64_t context = 512;  // window length in tokens
+  int threads = 0;
+  std::string activations = "q8";
+  bool json = false;
+};
+// Perplexity of the text as llama.cpp's llama-perplexity computes it: the tokens split into
+// consecutive windows of `context` tokens (the last may be shorter), each run as a fresh
+// sequence (with BOS first when the tokenizer adds one), the second half of each window scored.
+int RunPerplexity(const PerplexityOptions& options);
 
 }  // namespace shardserve::cli
 

@@ -43,10 +43,78 @@ int main(int argc, char** argv) {
                          "Do not append the assistant turn's opening");
   template_cmd->add_flag("--ids", tmpl.show_ids, "Also print the prompt's token ids");
 
+  cli::ChatOptions chat;
+  CLI::App* chat_cmd = app.add_subcommand(
+      "chat",
+      "Chat with a worker or the gateway over gRPC (shardserve.chat.v1.Chat), streaming "
+      "the reply; interactive without PROMPT");
+  chat_cmd->add_option("--target", chat.target, "host:port of the worker or gateway")->required();
+  chat_cmd->add_option("--model", chat.model, "Model name (default: the first ListModels gives)");
+  chat_cmd->add_option("--system", chat.system, "System message");
+  chat_cmd->add_option("--max-tokens", chat.max_tokens, "Most tokens to generate (0: server's)");
+  chat_cmd->add_option("--temperature", chat.temperature, "Sampling temperature (0: greedy)");
+  chat_cmd->add_option("--seed", chat.seed, "Random seed");
+  chat_cmd->add_option("--wait", chat.wait_seconds,
+                       "Wait up to this many seconds for the target to report SERVING");
+  chat_cmd->add_option("prompt", chat.prompt, "The question (omit for an interactive chat)");
+
+  cli::RunOptions run;
+  CLI::App* run_cmd = app.add_subcommand(
+      "run",
+      "Generate in-process, streaming the reply (as llama.cpp's llama-cli); sampling "
+      "defaults as llama-cli: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, a "
+      "random seed");
+  run_cmd->add_option("--model", run.model, "GGUF file or HF model directory")->required();
+  CLI::Option* run_prompt = run_cmd->add_option("--prompt", run.prompt, "The user message");
+  run_cmd
+      ->add_option("--messages", run.messages_file,
+                   "JSON file: a list of {\"role\", \"content\"} messages (or an object "
+                   "with \"messages\")")
+      ->excludes(run_prompt);
+  run_cmd->add_option("--system", run.system, "System message (first)");
+  run_cmd->add_option("--max-tokens", run.max_tokens,
+                      "Most tokens to generate (default 512 or what the context leaves; 0: "
+                      "until EOS or the context is full)");
+  run_cmd->add_option("--temperature", run.temperature, "Sampling temperature (0: greedy)")
+      ->capture_default_str();
+  run_cmd->add_option("--top-k", run.top_k, "Top-k filter (0: off)")->capture_default_str();
+  run_cmd->add_option("--top-p", run.top_p, "Nucleus filter (1: off)")->capture_default_str();
+  run_cmd->add_option("--min-p", run.min_p, "Min-p filter (0: off)")->capture_default_str();
+  run_cmd->add_option("--repeat-penalty", run.repetition_penalty, "Repetition penalty (1: off)")
+      ->capture_default_str();
+  run_cmd->add_option("--seed", run.seed, "Random seed (default: random, printed at the end)");
+  run_cmd->add_option("--stop", run.stop, "Stop string (repeatable); never printed");
+  run_cmd->add_option("--logprobs", run.logprobs,
+                      "Report each token's logprob and this many alternatives (0..20)");
+  run_cmd->add_option("--threads", run.threads, "CPU threads (default: one per core)");
+  run_cmd->add_option("--context", run.context, "Context length in tokens (default: the model's)");
+  run_cmd
+      ->add_option("--activations", run.activations,
+                   "q8: llama.cpp's quantized activations; f32: dequantized weights")
+      ->capture_default_str();
+  run_cmd->add_flag("--json", run.json,
+                    "Print one JSON object at the end (text, token_ids, finish_reason, usage, "
+                    "timings, logprobs)");
+
+  cli::PerplexityOptions ppl;
+  CLI::App* ppl_cmd = app.add_subcommand(
+      "perplexity",
+      "Perplexity of a text, as llama.cpp's llama-perplexity: windows of --context tokens, "
+      "each a fresh sequence, the second half of each scored (the last window may be shorter)");
+  ppl_cmd->add_option("--model", ppl.model, "GGUF file or HF model directory")->required();
+  ppl_cmd->add_option("--text-file", ppl.text_file, "The text (UTF-8)")->required();
+  ppl_cmd->add_option("--context", ppl.context, "Window length in tokens")->capture_default_str();
+  ppl_cmd->add_option("--threads", ppl.threads, "CPU threads (default: one per core)");
+  ppl_cmd->add_option("--activations", ppl.activations, "q8 or f32")->capture_default_str();
+  ppl_cmd->add_flag("--json", ppl.json, "Print a JSON object");
+
   CLI11_PARSE(app, argc, argv);
 
   if (inspect_cmd->parsed()) return cli::RunInspect(inspect);
   if (tokenize_cmd->parsed()) return cli::RunTokenize(tokenize);
   if (template_cmd->parsed()) return cli::RunTemplate(tmpl);
+  if (chat_cmd->parsed()) return cli::RunChat(chat);
+  if (run_cmd->parsed()) return cli::RunGenerate(run);
+  if (ppl_cmd->parsed()) return cli::RunPerplexity(ppl);
   return EXIT_FAILURE;
 }

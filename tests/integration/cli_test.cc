@@ -1,5 +1,6 @@
 // The `shardserve` command-line tool, run as a real process on the default model in both forms
 // (the GGUF from PyPI and the HF-format directory converted from it by scripts/setup.sh).
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -43,7 +44,7 @@ class CliTest : public ::testing::Test {
 };
 
 TEST_F(CliTest, HelpForEverySubcommand) {
-  for (const char* sub : {"inspect", "tokenize", "template"}) {
+  for (const char* sub : {"inspect", "tokenize", "template", "run", "perplexity"}) {
     RunResult r = Shardserve({sub, "--help"});
     EXPECT_EQ(r.exit_code, 0) << sub << ": " << r.err;
     EXPECT_THAT(r.out, HasSubstr("Usage")) << sub;
@@ -167,6 +168,157 @@ TEST_F(CliTest, TemplateErrorsNameTheProblem) {
   r = Shardserve({"template", "--model", Gguf(), "--messages", not_list});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("messages"));
+}
+
+// --- run and perplexity (in-process engine) ------------------------------------------------------
+
+// `shardserve run ... --json` with 2 threads; the parsed object (null on failure).
+nlohmann::json RunJson(std::vector<std::string> args) {
+  std::vector<std::string> argv = {"run", "--model", Gguf(), "--threads", "2", "--json"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult r = Shardserve(argv);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  auto j = ParseJson(r.out, "run --json");
+  EXPECT_TRUE(j.ok()) << j.status() << "\n" << r.out;
+  return j.ok() ? *j : nlohmann::json();
+}
+
+TEST_F(CliTest, RunGreedyIsReproducibleAndStreamsTheSameText) {
+  const std::vector<std::string> args = {"--prompt", "Name three colours.", "--temperature",
+                                         "0",        "--max-tokens",        "24"};
+  nlohmann::json a = RunJson(args);
+  nlohmann::json b = RunJson(args);
+  ASSERT_TRUE(a.is_object() && b.is_object());
+  EXPECT_EQ(a["token_ids"], b["token_ids"]);
+  EXPECT_EQ(a["text"], b["text"]);
+  EXPECT_FALSE(a["text"].get<std::string>().empty());
+  // Streamed (not --json): the same text on stdout, the stats line on stderr.
+  std::vector<std::string> argv = {"run", "--model", Gguf(), "--threads", "2"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult streamed = Shardserve(argv);
+  ASSERT_EQ(streamed.exit_code, 0) << streamed.err;
+  EXPECT_EQ(streamed.out, a["text"].get<std::string>() + "\n");
+  EXPECT_THAT(streamed.err, HasSubstr("prompt "));
+  EXPECT_THAT(streamed.err, HasSubstr("decode "));
+  EXPECT_THAT(streamed.err, HasSubstr("tok/s"));
+  // Sampling with a seed is reproducible too.
+  const std::vector<std::string> seeded = {"--prompt", "Tell me a story.", "--seed",
+                                           "1234",     "--max-tokens",     "16"};
+  nlohmann::json s1 = RunJson(seeded);
+  nlohmann::json s2 = RunJson(seeded);
+  EXPECT_EQ(s1["token_ids"], s2["token_ids"]);
+  EXPECT_EQ(s1["seed"], 1234);
+}
+
+TEST_F(CliTest, RunJsonReportsUsageTimingsAndLogprobs) {
+  nlohmann::json j = RunJson({"--prompt", "Write a long poem about the sea.", "--temperature", "0",
+                              "--max-tokens", "6", "--logprobs", "3"});
+  ASSERT_TRUE(j.is_object());
+  // --max-tokens is respected: a long answer is cut at 6 tokens.
+  EXPECT_EQ(j["finish_reason"], "length");
+  ASSERT_EQ(j["token_ids"].size(), 6u);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 6);
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 10);
+  EXPECT_EQ(j["usage"]["total_tokens"].get<int>(), j["usage"]["prompt_tokens"].get<int>() + 6);
+  for (const char* key : {"load_seconds", "prefill_seconds", "decode_seconds",
+                          "prefill_tokens_per_second", "decode_tokens_per_second"}) {
+    EXPECT_TRUE(j["timings"].contains(key)) << key;
+    EXPECT_GE(j["timings"][key].get<double>(), 0.0) << key;
+  }
+  ASSERT_EQ(j["logprobs"].size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    const nlohmann::json& lp = j["logprobs"][i];
+    EXPECT_EQ(lp["token"], j["token_ids"][i]);
+    ASSERT_EQ(lp["top_logprobs"].size(), 3u);
+    // Greedy: the token is the most likely one; alternatives best first; all <= 0.
+    EXPECT_EQ(lp["top_logprobs"][0]["token"], lp["token"]);
+    EXPECT_FLOAT_EQ(lp["top_logprobs"][0]["logprob"].get<float>(), lp["logprob"].get<float>());
+    EXPECT_LE(lp["logprob"].get<double>(), 0.0);
+    EXPECT_GE(lp["top_logprobs"][1]["logprob"].get<double>(),
+              lp["top_logprobs"][2]["logprob"].get<double>());
+    EXPECT_LE(lp["top_logprobs"][1]["logprob"].get<double>(), lp["logprob"].get<double>());
+  }
+}
+
+TEST_F(CliTest, RunStopStringEndsTheTextBeforeIt) {
+  const std::vector<std::string> args = {
+      "--prompt", "Describe a cat in two sentences.", "--temperature", "0", "--max-tokens", "40"};
+  nlohmann::json full = RunJson(args);
+  const std::string text = full["text"].get<std::string>();
+  ASSERT_GT(text.size(), 20u) << text;
+  // A stop string taken from the middle of the greedy answer: the same run stops before it.
+  std::string stop = text.substr(text.size() / 2, 4);
+  std::vector<std::string> with_stop = args;
+  with_stop.insert(with_stop.end(), {"--stop", stop, "--stop", "no such text"});
+  nlohmann::json cut = RunJson(with_stop);
+  EXPECT_EQ(cut["finish_reason"], "stop");
+  EXPECT_EQ(cut["text"].get<std::string>(), text.substr(0, text.find(stop)));
+}
+
+TEST_F(CliTest, RunMessagesFileAndSystem) {
+  std::string file = ::testing::TempDir() + "/run_messages.json";
+  {
+    std::ofstream(file) << R"([{"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Again."}])";
+  }
+  nlohmann::json j = RunJson({"--messages", file, "--system", "You are terse.", "--temperature",
+                              "0", "--max-tokens", "4"});
+  ASSERT_TRUE(j.is_object());
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 20);
+  EXPECT_LE(j["token_ids"].size(), 4u);
+}
+
+TEST_F(CliTest, RunErrorsNameTheProblem) {
+  const std::string missing = ::testing::TempDir() + "/no_such_model.gguf";
+  RunResult r = Shardserve({"run", "--model", missing, "--prompt", "hi"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr(missing));
+  EXPECT_TRUE(r.out.empty());
+
+  r = Shardserve({"run", "--model", Gguf()});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--prompt"));
+
+  r = Shardserve({"run", "--model", Gguf(), "--prompt", "hi", "--temperature", "-1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("temperature"));
+
+  r = Shardserve({"run", "--model", Gguf(), "--prompt", "hi", "--activations", "q3"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("--activations"));
+
+  // prompt + max_tokens beyond the context.
+  r = Shardserve(
+      {"run", "--model", Gguf(), "--prompt", "hi", "--context", "64", "--max-tokens", "100"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("context"));
+}
+
+TEST_F(CliTest, PerplexityOfPlainEnglishIsSane) {
+  const std::string text = SourceDir() + "/tests/fixtures/text/paragraph.txt";
+  RunResult r = Shardserve({"perplexity", "--model", Gguf(), "--text-file", text, "--threads", "2",
+                            "--context", "64", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = ParseJson(r.out, "perplexity --json");
+  ASSERT_TRUE(j.ok()) << j.status() << r.out;
+  const double ppl = (*j)["perplexity"].get<double>();
+  EXPECT_GT(ppl, 1.0);
+  EXPECT_LT(ppl, 100.0);
+  EXPECT_NEAR(std::log(ppl), (*j)["mean_nll"].get<double>(), 1e-9);
+  // 149 tokens in windows of 64: 64, 64, 21, the second half of each scored.
+  EXPECT_EQ((*j)["tokens"], 149);
+  EXPECT_EQ((*j)["windows"], 3);
+  EXPECT_EQ((*j)["scored_tokens"], 31 + 31 + 10);
+
+  RunResult plain =
+      Shardserve({"perplexity", "--model", Gguf(), "--text-file", text, "--threads", "2"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_THAT(plain.out, HasSubstr("perplexity "));
+
+  const std::string missing = ::testing::TempDir() + "/no_such_text.txt";
+  RunResult bad = Shardserve({"perplexity", "--model", Gguf(), "--text-file", missing});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr(missing));
 }
 
 }  // namespace

@@ -28,6 +28,22 @@ struct Engine::Sequence {
   double prefill_seconds = 0;
 };
 
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+    case FinishReason::kNone:
+      break;
+  }
+  return "none";
+}
+
 namespace {
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }

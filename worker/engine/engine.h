@@ -31,6 +31,9 @@ namespace shardserve {
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 
+// "stop", "length", "cancelled", "error", "none" (OpenAI's finish_reason words).
+const char* FinishReasonName(FinishReason reason);
+
 struct GenerationRequest {
   std::string id;  // unique among live requests
   std::vector<int32_t> prompt;

@@ -1,0 +1,400 @@
+#include "worker/rpc/worker_service.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <optional>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
+#include "worker/rpc/chat_conversion.h"
+
+namespace shardserve {
+
+namespace chatpb = ::shardserve::chat::v1;
+namespace workerpb = ::shardserve::worker::v1;
+
+void LogJsonLine(const nlohmann::json& line) {
+  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  text.push_back('\n');
+  // One write(2): lines from concurrent requests never interleave.
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+}
+
+// One Chat / Generate stream. The engine's callback (engine thread), OnWriteDone and OnCancel
+// (gRPC threads) all go through Pump(), which lets exactly one thread at a time drive the
+// stream: start the next write, or Finish once everything queued is written. `writing_`
+// marks that a thread holds that role (a write in flight counts), `finished_` that Finish was
+// called; after that the reactor may be deleted (OnDone), so the state the engine callback
+// touches lives in a shared_ptr and the callback never uses the reactor once finished_.
+class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::ChatChunk> {
+ public:
+  GenerateReactor(WorkerServices* services, std::string request_id, std::string tenant)
+      : services_(services),
+        state_(std::make_shared<State>()),
+        request_id_(std::move(request_id)),
+        tenant_(std::move(tenant)) {
+    state_->reactor = this;
+  }
+
+  // Validates and submits; on error the stream finishes with it at once.
+  void Start(const chatpb::ChatRequest& request, absl::Time deadline) {
+    const absl::Time arrival = absl::Now();
+    ServedModel* model = nullptr;
+    {
+      absl::MutexLock lock(&services_->mu_);
+      if (services_->draining_) {
+        return Reject(absl::UnavailableError("the worker is shutting down"), request);
+      }
+      model = services_->model_;
+    }
+    if (model == nullptr) {
+      return Reject(absl::UnavailableError("the worker is loading its model"), request);
+    }
+    model_name_ = model->info.id();
+    PrepareOptions prepare;
+    prepare.served_model_name = model->info.id();
+    prepare.context_length = model->engine->context_length();
+    prepare.default_max_tokens = model->default_max_tokens;
+    prepare.random_seed = [this] { return services_->Random(); };
+    absl::StatusOr<GenerationRequest> generation = PrepareGeneration(request, model->text, prepare);
+    if (!generation.ok()) return Reject(generation.status(), request);
+    if (deadline <= arrival) {
+      return Reject(absl::DeadlineExceededError("the request's deadline has already passed"),
+                    request);
+    }
+    generation->deadline = deadline;
+    engine_id_ = absl::StrCat(request_id_, "#", services_->next_engine_id_++);
+    generation->id = engine_id_;
+    engine_ = model->engine.get();
+
+    std::shared_ptr<State> state = state_;
+    const Tokenizer* tokenizer = model->text.tokenizer.get();
+    const std::string log_model = model_name_, log_id = request_id_, log_tenant = tenant_;
+    WorkerServices* services = services_;
+    absl::Status submitted =
+        engine_->Submit(*std::move(generation), [state, tokenizer, arrival, log_model, log_id,
+                                                 log_tenant, services](GenerationOutput output) {
+          chatpb::ChatChunk chunk = ToChatChunk(output, *tokenizer);
+          std::optional<grpc::Status> final_status;
+          if (output.finish != FinishReason::kNone) {
+            final_status = FinalStatus(output, services->draining());
+            if (output.finish == FinishReason::kError &&
+                output.error.code() == absl::StatusCode::kDeadlineExceeded) {
+              chunk.set_finish_reason(chatpb::FINISH_REASON_CANCELLED);
+            }
+            nlohmann::json line = {
+                {"event", "request"},
+                {"request_id", log_id},
+                {"model", log_model},
+                {"prompt_tokens", output.prompt_tokens},
+                {"completion_tokens", output.completion_tokens},
+                {"finish_reason", FinishReasonName(output.finish)},
+                {"ttft_seconds", output.timings.time_to_first_token_seconds},
+                {"queue_seconds", output.timings.queue_seconds},
+                {"duration_seconds", absl::ToDoubleSeconds(absl::Now() - arrival)},
+                {"status", absl::StatusCodeToString(output.error.code())}};
+            if (!log_tenant.empty()) line["tenant"] = log_tenant;
+            if (!output.error.ok()) line["error"] = std::string(output.error.message());
+            LogJsonLine(line);
+          }
+          state->Push(std::move(chunk), std::move(final_status));
+        });
+    if (!submitted.ok()) {
+      engine_ = nullptr;
+      return Reject(submitted, request);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->writing = false;
+      if (!ok)
+        state_->BreakLocked(
+            grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading the stream"));
+    }
+    if (!ok) CancelInEngine();
+    state_->Pump();
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->BreakLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    }
+    CancelInEngine();
+    state_->Pump();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct State {
+    absl::Mutex mu;
+    GenerateReactor* reactor = nullptr;  // alive until finished (see the class comment)
+    std::optional<chatpb::ChatChunk> pending ABSL_GUARDED_BY(mu);
+    std::optional<grpc::Status> finish_status ABSL_GUARDED_BY(mu);
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+    bool broken ABSL_GUARDED_BY(mu) = false;  // cancelled or a write failed: write no more
+    bool first_written ABSL_GUARDED_BY(mu) = false;
+    chatpb::ChatChunk current;  // the chunk being written (owned by the driving thread)
+
+    // From the engine thread: queue (coalescing) and, with the last output, the final status.
+    void Push(chatpb::ChatChunk chunk, std::optional<grpc::Status> final_status) {
+      {
+        absl::MutexLock lock(&mu);
+        if (finished || broken) return;
+        if (pending.has_value()) {
+          MergeChatChunk(&*pending, std::move(chunk));
+        } else {
+          pending = std::move(chunk);
+        }
+        if (final_status.has_value() && !finish_status.has_value()) finish_status = final_status;
+      }
+      Pump();
+    }
+
+    void BreakLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      broken = true;
+      pending.reset();
+      if (!finish_status.has_value()) finish_status = std::move(status);
+    }
+
+    // Starts the next write or finishes, unless another thread is driving the stream.
+    void Pump() {
+      GenerateReactor* r = nullptr;
+      bool write = false, last = false;
+      grpc::Status status;
+      {
+        absl::MutexLock lock(&mu);
+        if (writing || finished) return;
+        r = reactor;
+        if (pending.has_value() && !broken) {
+          current = std::move(*pending);
+          pending.reset();
+          if (!first_written) {
+            current.set_request_id(r->request_id_);
+            current.set_model(r->model_name_);
+            first_written = true;
+          }
+          writing = true;
+          write = true;
+          last = finish_status.has_value() && finish_status->ok();
+          if (last) finished = true;  // written together with the OK status
+          status = last ? *finish_status : grpc::Status::OK;
+        } else if (finish_status.has_value()) {
+          finished = true;
+          status = *finish_status;
+        } else {
+          return;
+        }
+      }
+      if (write && last) {
+        r->StartWriteAndFinish(&current, grpc::WriteOptions(), status);
+      } else if (write) {
+        r->StartWrite(&current);
+      } else {
+        r->Finish(status);
+      }
+    }
+  };
+
+  static grpc::Status FinalStatus(const GenerationOutput& output, bool draining) {
+    switch (output.finish) {
+      case FinishReason::kStop:
+      case FinishReason::kLength:
+        return grpc::Status::OK;
+      case FinishReason::kCancelled:
+        return draining ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                       "the worker shut down before the request finished")
+                        : grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+      case FinishReason::kError:
+      case FinishReason::kNone:
+        break;
+    }
+    if (output.error.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "generation failed");
+    return ToGrpcStatus(output.error);
+  }
+
+  void Reject(const absl::Status& status, const chatpb::ChatRequest& request) {
+    nlohmann::json line = {{"event", "request"},
+                           {"request_id", request_id_},
+                           {"model", request.model()},
+                           {"finish_reason", "rejected"},
+                           {"status", absl::StatusCodeToString(status.code())},
+                           {"error", std::string(status.message())}};
+    if (!tenant_.empty()) line["tenant"] = tenant_;
+    LogJsonLine(line);
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->finish_status = ToGrpcStatus(status);
+    }
+    state_->Pump();
+  }
+
+  void CancelInEngine() {
+    if (engine_ != nullptr) engine_->Cancel(engine_id_);
+  }
+
+  WorkerServices* const services_;
+  std::shared_ptr<State> state_;
+  const std::string request_id_;
+  const std::string tenant_;
+  std::string model_name_;
+  std::string engine_id_;
+  Engine* engine_ = nullptr;  // set once submitted; outlives every stream (see the header)
+};
+
+class WorkerServices::WorkerImpl final : public workerpb::Worker::CallbackService {
+ public:
+  explicit WorkerImpl(WorkerServices* services) : services_(services) {}
+
+  grpc::ServerWriteReactor<chatpb::ChatChunk>* Generate(
+      grpc::CallbackServerContext* context, const workerpb::GenerateRequest* request) override {
+    absl::Time deadline = absl::InfiniteFuture();
+    if (request->has_deadline()) {
+      deadline = absl::FromUnixSeconds(request->deadline().seconds()) +
+                 absl::Nanoseconds(request->deadline().nanos());
+    }
+    std::string id =
+        !request->request_id().empty() ? request->request_id() : request->request().request_id();
+    return services_->StartGenerate(context, request->request(), std::move(id), deadline,
+                                    request->tenant());
+  }
+
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
+                                   const workerpb::StatusRequest* request,
+                                   workerpb::StatusResponse* response) override {
+    services_->FillStatus(response);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  WorkerServices* const services_;
+};
+
+class WorkerServices::ChatImpl final : public chatpb::Chat::CallbackService {
+ public:
+  explicit ChatImpl(WorkerServices* services) : services_(services) {}
+
+  grpc::ServerWriteReactor<chatpb::ChatChunk>* Chat(grpc::CallbackServerContext* context,
+                                                    const chatpb::ChatRequest* request) override {
+    return services_->StartGenerate(context, *request, request->request_id(),
+                                    absl::InfiniteFuture(), "");
+  }
+
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const chatpb::ListModelsRequest* request,
+                                       chatpb::ListModelsResponse* response) override {
+    services_->FillListModels(response);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  WorkerServices* const services_;
+};
+
+WorkerServices::WorkerServices(WorkerServicesOptions options)
+    : options_(std::move(options)),
+      worker_impl_(std::make_unique<WorkerImpl>(this)),
+      chat_impl_(std::make_unique<ChatImpl>(this)) {
+  absl::MutexLock lock(&mu_);
+  random_ = options_.random;
+  if (!random_) {
+    auto engine = std::make_shared<std::mt19937_64>(std::random_device{}());
+    random_ = [engine] { return (*engine)(); };  // called under mu_
+  }
+}
+
+WorkerServices::~WorkerServices() = default;
+
+grpc::Service* WorkerServices::worker_service() { return worker_impl_.get(); }
+grpc::Service* WorkerServices::chat_service() { return chat_impl_.get(); }
+
+void WorkerServices::SetServing(ServedModel* model) {
+  absl::MutexLock lock(&mu_);
+  model_ = model;
+}
+
+void WorkerServices::SetDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool WorkerServices::draining() const {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
+uint64_t WorkerServices::Random() {
+  absl::MutexLock lock(&mu_);
+  return random_();
+}
+
+std::string WorkerServices::NewRequestId() { return absl::StrFormat("req-%016x", Random()); }
+
+grpc::ServerWriteReactor<chatpb::ChatChunk>* WorkerServices::StartGenerate(
+    grpc::CallbackServerContext* context, const chatpb::ChatRequest& request,
+    std::string request_id, absl::Time deadline, std::string tenant) {
+  if (request_id.empty()) request_id = NewRequestId();
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    deadline = std::min(deadline, absl::FromChrono(context->deadline()));
+  }
+  auto* reactor = new GenerateReactor(this, std::move(request_id), std::move(tenant));
+  reactor->Start(request, deadline);
+  return reactor;
+}
+
+void WorkerServices::FillStatus(workerpb::StatusResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  response->set_world_size(1);
+  response->set_backend(options_.backend);
+  response->set_version(options_.version);
+  if (model_ == nullptr) {
+    response->mutable_model()->set_id(options_.served_model_name);
+    response->set_state(draining_ ? workerpb::WORKER_STATE_DRAINING
+                                  : workerpb::WORKER_STATE_LOADING);
+    response->set_message(draining_ ? "shutting down" : "loading the model");
+    return;
+  }
+  *response->mutable_model() = model_->info;
+  response->mutable_model()->set_ready_replicas(draining_ ? 0 : 1);
+  response->set_state(draining_ ? workerpb::WORKER_STATE_DRAINING : workerpb::WORKER_STATE_SERVING);
+  const EngineStats stats = model_->engine->Stats();
+  response->set_running_sequences(static_cast<uint32_t>(stats.running));
+  response->set_waiting_sequences(static_cast<uint32_t>(stats.waiting));
+  response->set_kv_blocks_used(static_cast<uint64_t>(stats.kv_blocks_used));
+  response->set_kv_blocks_total(static_cast<uint64_t>(stats.kv_blocks_total));
+  response->set_kv_block_tokens(static_cast<uint32_t>(stats.kv_block_tokens));
+  response->set_decode_tokens_per_second(stats.decode_tokens_per_second);
+  response->set_prefill_tokens_per_second(stats.prefill_tokens_per_second);
+  response->set_message(draining_ ? "shutting down" : "serving");
+}
+
+void WorkerServices::FillListModels(chatpb::ListModelsResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  chatpb::ModelInfo* info = response->add_models();
+  if (model_ == nullptr) {
+    info->set_id(options_.served_model_name);
+    return;
+  }
+  *info = model_->info;
+  info->set_ready_replicas(draining_ ? 0 : 1);
+}
+
+}  // namespace shardserve

@@ -1,0 +1,176 @@
+#include "worker/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/status_macros.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "worker/engine/engine.h"
+#include "worker/engine/model_runner.h"
+#include "worker/rpc/worker_service.h"
+#include "worker/text/model_text.h"
+#include "worker/weights/model_weights.h"
+
+namespace shardserve {
+namespace {
+
+constexpr const char* kHealthServices[] = {"", "shardserve.worker.v1.Worker",
+                                           "shardserve.chat.v1.Chat"};
+
+// "gguf:Q4_1" / "safetensors:bf16": the storage type holding most of the weights' bytes.
+std::string Quantization(const ModelWeights& weights) {
+  std::map<std::string, size_t> bytes;
+  for (const std::string& name : weights.TensorNames()) {
+    absl::StatusOr<TensorView> view = weights.View(name);
+    if (!view.ok()) continue;
+    bytes[std::string(DTypeName(view->dtype))] += view->ByteSize();
+  }
+  std::string best;
+  size_t most = 0;
+  for (const auto& [dtype, n] : bytes) {
+    if (n > most) best = dtype, most = n;
+  }
+  if (weights.format() == WeightFormat::kGguf) return absl::StrCat("gguf:", best);
+  return absl::StrCat("safetensors:", absl::AsciiStrToLower(best));
+}
+
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> opened, ModelWeights::Open(config.model));
+  std::shared_ptr<const ModelWeights> weights = std::move(opened);
+  auto model = std::make_unique<ServedModel>();
+  if (weights->gguf() != nullptr) {
+    ASSIGN_OR_RETURN(model->text, LoadModelTextFromGguf(*weights->gguf()));
+  } else {
+    ASSIGN_OR_RETURN(model->text, LoadModelText(config.model));
+  }
+
+  RunnerOptions runner_options;
+  runner_options.threads = config.threads;
+  runner_options.activations =
+      config.activations == "f32" ? ActivationMode::kF32 : ActivationMode::kQ8;
+  runner_options.kv_dtype = config.kv_dtype == "f32" ? DType::kF32 : DType::kF16;
+  runner_options.context_length = config.context_length;
+  runner_options.kv_cache_tokens = config.kv_cache_tokens;
+  runner_options.max_step_tokens = config.max_step_tokens;
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner,
+                   ModelRunner::Create(weights, runner_options));
+  LogJsonLine({{"event", "memory_plan"}, {"plan", runner->memory_plan().ToString()}});
+
+  model->info.set_id(config.served_model_name);
+  model->info.set_context_length(static_cast<uint32_t>(runner->context_length()));
+  model->info.set_source(config.model);
+  model->info.set_quantization(Quantization(*weights));
+  model->default_max_tokens = config.default_max_tokens;
+
+  EngineOptions engine_options;
+  engine_options.max_running = config.max_running;
+  engine_options.max_waiting = config.max_waiting;
+  ASSIGN_OR_RETURN(model->engine, Engine::Create(std::move(runner), model->text.tokenizer.get(),
+                                                 model->text.eos_ids, engine_options));
+  RETURN_IF_ERROR(model->engine->Start());
+  return model;
+}
+
+}  // namespace
+
+int RunWorker(const WorkerConfig& config, const std::string& version) {
+  // Signals are taken by one thread with sigwait; every other thread (gRPC's, the engine's)
+  // inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::Notification stop;
+  std::atomic<bool> exiting{false};
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (!exiting.load()) {
+      LogJsonLine({{"event", "signal"}, {"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
+    }
+    stop.Notify();
+  });
+  auto end_signal_thread = [&] {
+    exiting.store(true);
+    if (!stop.HasBeenNotified()) pthread_kill(signal_thread.native_handle(), SIGTERM);
+    signal_thread.join();
+  };
+
+  WorkerServicesOptions service_options;
+  service_options.served_model_name = config.served_model_name;
+  service_options.version = version;
+  WorkerServices services(service_options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(services.worker_service());
+  builder.RegisterService(services.chat_service());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    LogJsonLine({{"event", "error"},
+                 {"error", absl::StrCat("address: cannot listen on ", config.address)}});
+    end_signal_thread();
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  for (const char* name : kHealthServices) health->SetServingStatus(name, false);
+
+  const std::string host = config.address.substr(0, config.address.rfind(':'));
+  std::printf("listening on %s:%d\n", host.c_str(), port);
+  std::fflush(stdout);
+  LogJsonLine({{"event", "listening"},
+               {"address", absl::StrCat(host, ":", port)},
+               {"model", config.served_model_name},
+               {"version", version}});
+
+  const absl::Time load_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModel(config);
+  if (!model.ok()) {
+    LogJsonLine({{"event", "error"},
+                 {"error", absl::StrCat("model ", config.model, ": ", model.status().ToString())}});
+    server->Shutdown(std::chrono::system_clock::now());
+    server->Wait();
+    end_signal_thread();
+    return 1;
+  }
+  services.SetServing(model->get());
+  for (const char* name : kHealthServices) health->SetServingStatus(name, true);
+  std::printf("serving %s\n", config.served_model_name.c_str());
+  std::fflush(stdout);
+  LogJsonLine({{"event", "serving"},
+               {"model", config.served_model_name},
+               {"context_length", (*model)->info.context_length()},
+               {"quantization", (*model)->info.quantization()},
+               {"load_seconds", absl::ToDoubleSeconds(absl::Now() - load_start)}});
+
+  stop.WaitForNotification();
+  services.SetDraining();
+  for (const char* name : kHealthServices) health->SetServingStatus(name, false);
+  LogJsonLine({{"event", "draining"}, {"drain_seconds", config.drain_seconds}});
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000)));
+  server->Wait();
+  server.reset();
+  model->reset();  // stops the engine loop
+  end_signal_thread();
+  LogJsonLine({{"event", "stopped"}});
+  return 0;
+}
+
+}  // namespace shardserve

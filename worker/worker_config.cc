@@ -1,0 +1,260 @@
+#include "worker/worker_config.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/mapped_file.h"
+#include "common/status_macros.h"
+#include "yaml-cpp/yaml.h"
+
+namespace shardserve {
+namespace {
+
+absl::Status FieldError(absl::string_view what, absl::string_view key, absl::string_view reason) {
+  return absl::InvalidArgumentError(absl::StrCat(what, ": key '", key, "': ", reason));
+}
+
+template <typename Int>
+absl::Status ParseInt(absl::string_view what, absl::string_view key, absl::string_view value,
+                      int64_t min, Int* out) {
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(value, &v)) {
+    return FieldError(what, key, absl::StrCat("'", value, "' is not an integer"));
+  }
+  if (v < min || v > static_cast<int64_t>(std::numeric_limits<Int>::max())) {
+    return FieldError(what, key, absl::StrCat(v, " is out of range (at least ", min, ")"));
+  }
+  *out = static_cast<Int>(v);
+  return absl::OkStatus();
+}
+
+absl::Status ParseChoice(absl::string_view what, absl::string_view key, absl::string_view value,
+                         std::initializer_list<absl::string_view> choices, std::string* out) {
+  std::string lower = absl::AsciiStrToLower(value);
+  for (absl::string_view c : choices) {
+    if (lower == c) {
+      *out = lower;
+      return absl::OkStatus();
+    }
+  }
+  std::string list;
+  for (absl::string_view c : choices) absl::StrAppend(&list, list.empty() ? "" : " or ", c);
+  return FieldError(what, key, absl::StrCat("'", value, "' is not ", list));
+}
+
+absl::Status ParseString(absl::string_view what, absl::string_view key, absl::string_view value,
+                         std::string* out) {
+  if (value.empty()) return FieldError(what, key, "is empty");
+  *out = std::string(value);
+  return absl::OkStatus();
+}
+
+// "host:port" with a numeric port in [0, 65535]; the host may be "[v6]".
+absl::Status ParseAddress(absl::string_view what, absl::string_view key, absl::string_view value,
+                          std::string* out) {
+  const size_t colon = value.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) {
+    return FieldError(what, key, absl::StrCat("'", value, "' is not host:port"));
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return FieldError(what, key, absl::StrCat("'", value, "' has no port in [0, 65535]"));
+  }
+  *out = std::string(value);
+  return absl::OkStatus();
+}
+
+using Setter = std::function<absl::Status(WorkerConfig*, absl::string_view key,
+                                          absl::string_view value, absl::string_view what)>;
+
+const std::map<std::string, std::string>& Help() {
+  static const auto* help = new std::map<std::string, std::string>{
+      {"model", "GGUF file or HF model directory (required)"},
+      {"served_model_name", "name clients use in ChatRequest.model (default: from the model path)"},
+      {"address", "host:port to listen on; port 0 picks a free port (default 127.0.0.1:50061)"},
+      {"threads", "CPU threads; 0 = one per core"},
+      {"context_length", "longest sequence in tokens; 0 = the model's maximum"},
+      {"kv_cache_tokens", "KV cache size in tokens; 0 = 4 x context_length"},
+      {"activations", "matmul activations: q8 (default) or f32"},
+      {"kv_dtype", "KV cache type: f16 (default) or f32"},
+      {"max_running", "sequences decoding at once (default 8)"},
+      {"max_waiting", "queued requests before RESOURCE_EXHAUSTED (default 256)"},
+      {"default_max_tokens", "max_tokens for requests that leave it 0; 0 = up to the context"},
+      {"max_step_tokens", "most tokens per engine step / prefill chunk (default 512)"},
+      {"drain_seconds",
+       "on SIGINT/SIGTERM, seconds streams may finish before being cancelled (default 5)"},
+  };
+  return *help;
+}
+
+const std::vector<std::pair<std::string, Setter>>& Setters() {
+  static const auto* setters = new std::vector<std::pair<std::string, Setter>>{
+      {"model", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                   absl::string_view w) { return ParseString(w, k, v, &c->model); }},
+      {"served_model_name",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseString(w, k, v, &c->served_model_name);
+       }},
+      {"address", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                     absl::string_view w) { return ParseAddress(w, k, v, &c->address); }},
+      {"threads", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                     absl::string_view w) { return ParseInt(w, k, v, 0, &c->threads); }},
+      {"context_length",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseInt(w, k, v, 0, &c->context_length);
+       }},
+      {"kv_cache_tokens",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseInt(w, k, v, 0, &c->kv_cache_tokens);
+       }},
+      {"activations",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseChoice(w, k, v, {"q8", "f32"}, &c->activations);
+       }},
+      {"kv_dtype",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseChoice(w, k, v, {"f16", "f32"}, &c->kv_dtype);
+       }},
+      {"max_running", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                         absl::string_view w) { return ParseInt(w, k, v, 1, &c->max_running); }},
+      {"max_waiting", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                         absl::string_view w) { return ParseInt(w, k, v, 0, &c->max_waiting); }},
+      {"default_max_tokens",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseInt(w, k, v, 0, &c->default_max_tokens);
+       }},
+      {"max_step_tokens",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseInt(w, k, v, 1, &c->max_step_tokens);
+       }},
+      {"drain_seconds",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         double d = 0;
+         if (!absl::SimpleAtod(v, &d) || !std::isfinite(d) || d < 0) {
+           return FieldError(w, k, absl::StrCat("'", v, "' is not a non-negative number"));
+         }
+         c->drain_seconds = d;
+         return absl::OkStatus();
+       }},
+  };
+  return *setters;
+}
+
+}  // namespace
+
+const std::vector<std::string>& WorkerConfigKeys() {
+  static const auto* keys = [] {
+    auto* k = new std::vector<std::string>;
+    for (const auto& [key, setter] : Setters()) k->push_back(key);
+    return k;
+  }();
+  return *keys;
+}
+
+std::string WorkerConfigKeyHelp(absl::string_view key) {
+  auto it = Help().find(std::string(key));
+  return it == Help().end() ? "" : it->second;
+}
+
+absl::Status SetWorkerConfigField(WorkerConfig* config, absl::string_view key,
+                                  absl::string_view value, absl::string_view what) {
+  for (const auto& [name, setter] : Setters()) {
+    if (name == key) return setter(config, key, absl::StripAsciiWhitespace(value), what);
+  }
+  std::string known;
+  for (const auto& [name, setter] : Setters())
+    absl::StrAppend(&known, known.empty() ? "" : ", ", name);
+  return FieldError(what, key, absl::StrCat("unknown key (known: ", known, ")"));
+}
+
+absl::Status ParseWorkerConfigYaml(absl::string_view yaml, absl::string_view what,
+                                   WorkerConfig* config) {
+  // yaml-cpp reports everything by exception; this is the one place they become statuses.
+  try {
+    const YAML::Node root = YAML::Load(std::string(yaml));
+    if (root.IsNull()) return absl::OkStatus();
+    if (!root.IsMap()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": the document must be a mapping of keys to values"));
+    }
+    for (const auto& entry : root) {
+      const std::string where = absl::StrCat(what, ":", entry.first.Mark().line + 1);
+      if (!entry.first.IsScalar()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": a key is not a scalar"));
+      }
+      const std::string key = entry.first.Scalar();
+      if (!entry.second.IsScalar()) {
+        return FieldError(where, key,
+                          entry.second.IsNull() ? "has no value" : "value is not a scalar");
+      }
+      RETURN_IF_ERROR(SetWorkerConfigField(config, key, entry.second.Scalar(), where));
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": invalid YAML: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config) {
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    return absl::NotFoundError(
+        absl::StrCat("config file ", path, ": cannot be read: ", text.status().message()));
+  }
+  return ParseWorkerConfigYaml(*text, path, config);
+}
+
+absl::Status FinalizeWorkerConfig(WorkerConfig* config) {
+  if (config->model.empty()) {
+    return absl::InvalidArgumentError(
+        "key 'model': required (a GGUF file or an HF model directory; --model or the config "
+        "file)");
+  }
+  if (config->served_model_name.empty()) {
+    config->served_model_name = ServedModelNameFromPath(config->model);
+  }
+  return absl::OkStatus();
+}
+
+std::string ServedModelNameFromPath(absl::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  // Hugging Face cache: .../models--org--name/snapshots/<commit>
+  const size_t snap = path.rfind("/snapshots/");
+  if (snap != absl::string_view::npos) {
+    absl::string_view repo = path.substr(0, snap);
+    repo = repo.substr(repo.rfind('/') + 1);  // npos + 1 == 0
+    if (absl::ConsumePrefix(&repo, "models--")) {
+      std::vector<std::string> parts = absl::StrSplit(repo, "--");
+      return absl::StrJoin(parts, "/");
+    }
+  }
+  absl::string_view base = path.substr(path.rfind('/') + 1);
+  if (absl::ConsumeSuffix(&base, ".gguf") || absl::ConsumeSuffix(&base, ".GGUF")) {
+    // A trailing quantization tag after '.' or '-': Q4_1, Q4_K_M, IQ2_XS, F16, BF16, F32.
+    const size_t cut = base.find_last_of(".-");
+    if (cut != absl::string_view::npos && cut > 0) {
+      std::string tag = absl::AsciiStrToUpper(base.substr(cut + 1));
+      absl::string_view t = tag;
+      absl::ConsumePrefix(&t, "I");
+      const bool quant = (t.size() >= 2 && t[0] == 'Q' && absl::ascii_isdigit(t[1])) ||
+                         tag == "F16" || tag == "BF16" || tag == "F32";
+      if (quant) base = base.substr(0, cut);
+    }
+  }
+  return std::string(base);
+}
+
+}  // namespace shardserve
