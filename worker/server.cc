@@ -17,9 +17,9 @@
 #include "absl/time/clock.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/model_runner.h"
+#include "worker/rpc/health_service.h"
 #include "worker/rpc/worker_service.h"
 #include "worker/text/model_text.h"
 #include "worker/weights/model_weights.h"
@@ -115,8 +115,12 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
   service_options.version = version;
   WorkerServices services(service_options);
 
-  grpc::EnableDefaultHealthCheckService(true);
+  // Every service NOT_SERVING from the moment the port opens until the model has loaded and run
+  // its warm-up step.
+  HealthService health;
+  for (const char* name : kHealthServices) health.SetServing(name, false);
   grpc::ServerBuilder builder;
+  builder.RegisterService(&health);
   int port = 0;
   builder.AddListeningPort(config.address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(services.worker_service());
@@ -128,8 +132,6 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
     end_signal_thread();
     return 1;
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  for (const char* name : kHealthServices) health->SetServingStatus(name, false);
 
   const std::string host = config.address.substr(0, config.address.rfind(':'));
   std::printf("listening on %s:%d\n", host.c_str(), port);
@@ -150,7 +152,7 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
     return 1;
   }
   services.SetServing(model->get());
-  for (const char* name : kHealthServices) health->SetServingStatus(name, true);
+  for (const char* name : kHealthServices) health.SetServing(name, true);
   std::printf("serving %s\n", config.served_model_name.c_str());
   std::fflush(stdout);
   LogJsonLine({{"event", "serving"},
@@ -161,7 +163,7 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
 
   stop.WaitForNotification();
   services.SetDraining();
-  for (const char* name : kHealthServices) health->SetServingStatus(name, false);
+  health.Shutdown();  // NOT_SERVING for every service; Watch streams end
   LogJsonLine({{"event", "draining"}, {"drain_seconds", config.drain_seconds}});
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000)));
