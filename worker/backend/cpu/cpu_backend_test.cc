@@ -13,7 +13,7 @@
 namespace shardserve {
 namespace {
 
-using cpu::F16BitsToF32;
+using cpu::F16ToF32;
 using cpu::F32ToF16Bits;
 using cpu::RoundToF16;
 using cpu::testing::ExpectNear;
@@ -85,13 +85,13 @@ float GgmlVecDot(DType dtype, const uint8_t* w, const std::vector<BlockQ8>& x) {
         v[j] = (j < 16 ? byte & 15 : byte >> 4) - (dtype == DType::kQ4_0 ? 8 : 0);
       }
     }
-    const float d = F16BitsToF32(dh) * F16BitsToF32(x[b].d);
+    const float d = F16ToF32(dh) * F16ToF32(x[b].d);
     for (int lane = 0; lane < 8; ++lane) {
       int p = 0;
       for (int k = 0; k < 4; ++k) p += v[4 * lane + k] * x[b].qs[4 * lane + k];
       acc[lane] = std::fma(d, static_cast<float>(p), acc[lane]);
     }
-    if (dtype == DType::kQ4_1) summs = std::fma(F16BitsToF32(mh), F16BitsToF32(x[b].s), summs);
+    if (dtype == DType::kQ4_1) summs = std::fma(F16ToF32(mh), F16ToF32(x[b].s), summs);
   }
   const float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
   return dtype == DType::kQ4_1 ? s + summs : s;
@@ -120,11 +120,11 @@ double Q8MathDot(DType dtype, const uint8_t* w, const std::vector<BlockQ8>& x, d
       }
       term += static_cast<double>(q) * x[b].qs[j];
     }
-    term *= static_cast<double>(F16BitsToF32(dh)) * F16BitsToF32(x[b].d);
+    term *= static_cast<double>(F16ToF32(dh)) * F16ToF32(x[b].d);
     if (dtype == DType::kQ4_1) {
       uint16_t mh;
       std::memcpy(&mh, blk + 2, 2);
-      term += static_cast<double>(F16BitsToF32(mh)) * F16BitsToF32(x[b].s);
+      term += static_cast<double>(F16ToF32(mh)) * F16ToF32(x[b].s);
     }
     sum += term;
     *magnitude += std::fabs(term);

@@ -1,9 +1,12 @@
-// Scalar IEEE half-precision helpers shared by the CPU kernels and their tests.
+// Scalar IEEE half-precision helpers shared by the CPU kernels and their tests (the half ->
+// float direction is dequantize.h's F16ToF32).
 #ifndef SHARDSERVE_WORKER_BACKEND_CPU_FP16_H_
 #define SHARDSERVE_WORKER_BACKEND_CPU_FP16_H_
 
 #include <cstdint>
 #include <cstring>
+
+#include "worker/weights/dequantize.h"
 
 namespace shardserve::cpu {
 
@@ -33,37 +36,15 @@ inline uint16_t F32ToF16Bits(float f) {
   return static_cast<uint16_t>(sign | r);
 }
 
-// half bits -> float, exact.
-inline float F16BitsToF32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1Fu;
-  uint32_t mant = h & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;
-  } else {  // subnormal: normalize
-    uint32_t e = 113;
-    while ((mant & 0x400u) == 0) {
-      mant <<= 1;
-      --e;
-    }
-    bits = sign | (e << 23) | ((mant & 0x3FFu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+// half bits -> float: the project's exact conversion (worker/weights/dequantize.h).
+using ::shardserve::F16ToF32;
 
-inline float RoundToF16(float f) { return F16BitsToF32(F32ToF16Bits(f)); }
+inline float RoundToF16(float f) { return F16ToF32(F32ToF16Bits(f)); }
 
 inline float LoadF16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, sizeof(h));
-  return F16BitsToF32(h);
+  return F16ToF32(h);
 }
 
 }  // namespace shardserve::cpu

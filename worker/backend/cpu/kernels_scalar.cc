@@ -129,7 +129,7 @@ float DotF32(const float* a, const float* b, int64_t n) {
 
 float DotF16(const float* a, const uint16_t* b, int64_t n) {
   return DotF32Order(
-      a, [b](int64_t i) { return F16BitsToF32(b[i]); }, n);
+      a, [b](int64_t i) { return F16ToF32(b[i]); }, n);
 }
 
 void GemmF32(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
@@ -146,7 +146,7 @@ void AxpyF32(float a, const float* x, float* y, int64_t n) {
 }
 
 void AxpyF16(float a, const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, F16BitsToF32(x[i]), y[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] = std::fma(a, F16ToF32(x[i]), y[i]);
 }
 
 void ToF16(const float* x, uint16_t* y, int64_t n) {
