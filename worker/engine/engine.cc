@@ -22,6 +22,7 @@ struct Engine::Sequence {
   int64_t computed = 0;
   int generated = 0;
   bool admitted = false;
+  bool finished = false;  // ended this step; removed from running_ before the next
   absl::Time arrival;
   absl::Time admitted_at;
   absl::Time first_token_at;
@@ -162,7 +163,7 @@ absl::Status Engine::Submit(GenerationRequest request, OutputCallback on_output)
     return absl::ResourceExhaustedError(
         absl::StrCat("the queue is full (", options_.max_waiting, " requests waiting)"));
   }
-  live_ids_[seq->request.id] = true;
+  live_ids_.insert(seq->request.id);
   seq->seq_id = next_seq_id_++;
   incoming_.push_back(std::move(seq));
   stats_.waiting = static_cast<int>(incoming_.size()) + static_cast<int>(waiting_.size());
@@ -233,7 +234,9 @@ void Engine::Loop() {
       out.timings.prefill_seconds = s.prefill_seconds;
       s.on_output(std::move(out));
       finished_ids.push_back(s.request.id);
+      s.finished = true;
     };
+    auto drop_finished = [&] { std::erase_if(running_, [](auto& s) { return s->finished; }); };
 
     // Cancellations and deadlines.
     const absl::Time now = absl::Now();
@@ -319,10 +322,7 @@ void Engine::Loop() {
       prefilling.push_back(s);
       prefill_tokens += chunk.tokens;
     }
-    std::erase_if(running_, [&](auto& s) {
-      return std::find(finished_ids.begin(), finished_ids.end(), s->request.id) !=
-             finished_ids.end();
-    });
+    drop_finished();
 
     if (plan.num_tokens() == 0) {
       // Nothing can run now (should not happen with work queued; avoid spinning).
@@ -348,10 +348,7 @@ void Engine::Loop() {
           }
           finish(*s, FinishReason::kError, st, {});
         }
-        std::erase_if(running_, [&](auto& s) {
-          return std::find(finished_ids.begin(), finished_ids.end(), s->request.id) !=
-                 finished_ids.end();
-        });
+        drop_finished();
       } else {
         // Every sequence in the plan now has its chunk in the cache.
         for (size_t i = 0; i < plan.seq_ids.size(); ++i) {
@@ -389,10 +386,7 @@ void Engine::Loop() {
             s.on_output(std::move(out));
           }
         }
-        std::erase_if(running_, [&](auto& s) {
-          return std::find(finished_ids.begin(), finished_ids.end(), s->request.id) !=
-                 finished_ids.end();
-        });
+        drop_finished();
         if (step_seconds > 0) {
           const double alpha = 0.2;
           if (prefilling.empty() && decoded > 0) {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -125,7 +125,7 @@ class Engine {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancelled_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, bool> live_ids_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> live_ids_ ABSL_GUARDED_BY(mu_);
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
 
   // Engine-thread state.
