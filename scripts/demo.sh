@@ -9,7 +9,8 @@
 #                                         endpoints
 #
 # Environment: BUILD_DIR (default build), SHARDSERVE_MODEL (default the SmolLM2 GGUF),
-# THREADS (worker threads; default all cores), TEMPERATURE (default 0: greedy, reproducible).
+# THREADS (worker threads; default all cores), TEMPERATURE (default 0: greedy, reproducible),
+# MAX_TOKENS (default 256: a bound on the answer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,4 +102,5 @@ fi
 
 # `--wait`: the CLI waits (grpc.health.v1 Watch) until the worker serves, then asks.
 log "asking: $prompt"
-"$build/cli/shardserve" chat --target "$address" --wait 300 --temperature "${TEMPERATURE:-0}" "$prompt"
+"$build/cli/shardserve" chat --target "$address" --wait 300 --temperature "${TEMPERATURE:-0}" \
+  --max-tokens "${MAX_TOKENS:-256}" "$prompt"
