@@ -48,6 +48,25 @@ struct ChatOptions {
 // Errors print the gRPC code and message on stderr and return 1.
 int RunChat(const ChatOptions& options);
 
+struct StatusOptions {
+  std::string target;           // host:port of the gateway or a worker
+  bool json = false;            // the response as JSON instead of tables
+  double timeout_seconds = 10;  // per RPC
+};
+// Prints what the target knows about the cluster. A gateway (Gateway.ClusterStatus): each model
+// (context length, quantization, ready replicas, queued requests) and a table of its workers
+// (address, up/down, healthy, running, waiting, KV used/total, gateway in-flight, message). A
+// worker (ClusterStatus UNIMPLEMENTED; Worker.Status and health): the same for that one worker.
+// --json prints {"gateway": ClusterStatusResponse} or {"worker": StatusResponse, "healthy": b}
+// (proto field names). Errors print the gRPC code and message on stderr and return 1.
+int RunStatus(const StatusOptions& options);
+
+struct HashKeyOptions {
+  std::string key;  // "-": read it from stdin (trailing newlines dropped)
+};
+// Prints the lowercase hex SHA-256 of the key: what the gateway config's api_keys hold.
+int RunHashKey(const HashKeyOptions& options);
+
 // --- in-process generation and scoring (`run`, `perplexity`) ---
 
 struct RunOptions {

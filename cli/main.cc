@@ -8,7 +8,9 @@
 
 int main(int argc, char** argv) {
   namespace cli = shardserve::cli;
-  CLI::App app{"shardserve: LLM serving cluster tools (models, tokenizer, chat templates)"};
+  CLI::App app{
+      "shardserve: LLM serving cluster tools (models, tokenizer, chat templates, chat and status "
+      "against a worker or the gateway)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("shardserve ") + SHARDSERVE_VERSION);
 
@@ -57,6 +59,23 @@ int main(int argc, char** argv) {
   chat_cmd->add_option("--wait", chat.wait_seconds,
                        "Wait up to this many seconds for the target to report SERVING");
   chat_cmd->add_option("prompt", chat.prompt, "The question (omit for an interactive chat)");
+
+  cli::StatusOptions status;
+  CLI::App* status_cmd =
+      app.add_subcommand("status",
+                         "Show the models and each worker's health and load, from the gateway "
+                         "(Gateway.ClusterStatus) or from one worker (Worker.Status)");
+  status_cmd->add_option("--target", status.target, "host:port of the gateway or a worker")
+      ->required();
+  status_cmd->add_flag("--json", status.json, "Print the status as JSON");
+  status_cmd->add_option("--timeout", status.timeout_seconds, "Seconds to wait for each answer")
+      ->capture_default_str();
+
+  cli::HashKeyOptions hash_key;
+  CLI::App* hash_key_cmd = app.add_subcommand(
+      "hash-key",
+      "Print the SHA-256 (lowercase hex) of an API key, as the gateway's api_keys hold it");
+  hash_key_cmd->add_option("key", hash_key.key, "The key, or - to read it from stdin")->required();
 
   cli::RunOptions run;
   CLI::App* run_cmd = app.add_subcommand(
@@ -114,6 +133,8 @@ int main(int argc, char** argv) {
   if (tokenize_cmd->parsed()) return cli::RunTokenize(tokenize);
   if (template_cmd->parsed()) return cli::RunTemplate(tmpl);
   if (chat_cmd->parsed()) return cli::RunChat(chat);
+  if (status_cmd->parsed()) return cli::RunStatus(status);
+  if (hash_key_cmd->parsed()) return cli::RunHashKey(hash_key);
   if (run_cmd->parsed()) return cli::RunGenerate(run);
   if (ppl_cmd->parsed()) return cli::RunPerplexity(ppl);
   return EXIT_FAILURE;

@@ -60,9 +60,9 @@ else
   trap 'exit 130' INT TERM
 fi
 
-# Port 0: the worker picks a free port and prints "listening on HOST:PORT", then, once the
-# model is loaded and warmed up, "serving NAME".
-worker_args=(--model "$model" --address 127.0.0.1:0)
+# Port 0: the worker picks free ports and prints "listening on HOST:PORT" and "http listening on
+# HOST:PORT" (/metrics, /live, /ready), then, once the model is loaded and warmed up, "serving NAME".
+worker_args=(--model "$model" --address 127.0.0.1:0 --http-address 127.0.0.1:0)
 [[ -n ${THREADS:-} ]] && worker_args+=(--threads "$THREADS")
 if ((serve)); then
   exec {worker_out}< <(exec "$build/worker/worker" "${worker_args[@]}" 2> >(tee "$worker_log" >&2))
@@ -77,7 +77,9 @@ if [[ $line != "listening on "* ]]; then
   exit 1
 fi
 address=${line#listening on }
-log "worker on $address (log: $worker_log)"
+read -r -t 60 -u "$worker_out" line || true
+http_address=${line#http listening on }
+log "worker on $address, metrics on http://$http_address/metrics (log: $worker_log)"
 
 if ((serve)); then
   read -r -t 300 -u "$worker_out" line || true

@@ -14,7 +14,7 @@
 int main(int argc, char** argv) {
   CLI::App app{
       "shardserve worker: serves one model over gRPC (shardserve.worker.v1.Worker, "
-      "shardserve.chat.v1.Chat, grpc.health.v1.Health)"};
+      "shardserve.chat.v1.Chat, grpc.health.v1.Health) and HTTP (/metrics, /live, /ready)"};
   app.set_version_flag("--version", std::string("shardserve worker ") + SHARDSERVE_VERSION);
   std::string config_file;
   app.add_option("--config", config_file, "YAML config file (flags override its keys)");

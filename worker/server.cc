@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -15,6 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/http_server.h"
+#include "common/log.h"
+#include "common/metrics.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "worker/engine/engine.h"
@@ -47,7 +51,58 @@ std::string Quantization(const ModelWeights& weights) {
   return absl::StrCat("safetensors:", absl::AsciiStrToLower(best));
 }
 
-absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& config) {
+// The engine's metrics: step time and tokens pushed by the engine loop (EngineOptions::on_step),
+// the load gauges read from Engine::Stats when /metrics is scraped.
+struct EngineMetrics {
+  explicit EngineMetrics(MetricsRegistry* registry)
+      : step_duration(
+            registry->Histogram("shardserve_worker_step_duration_seconds",
+                                "Seconds per engine step (one forward pass over the batch)", {},
+                                MetricsRegistry::LatencyBuckets())),
+        step_tokens(registry->Counter("shardserve_worker_step_tokens_total",
+                                      "Tokens run through the model, by phase (prefill, decode)",
+                                      {"phase"})),
+        running(
+            registry->Gauge("shardserve_worker_running_sequences", "Sequences being generated")),
+        waiting(registry->Gauge("shardserve_worker_waiting_sequences",
+                                "Sequences queued for admission")),
+        kv_blocks_used(
+            registry->Gauge("shardserve_worker_kv_blocks_used", "KV-cache blocks in use")),
+        kv_blocks_total(
+            registry->Gauge("shardserve_worker_kv_blocks_total", "KV-cache blocks in total")),
+        preemptions(
+            registry->Counter("shardserve_worker_preemptions_total",
+                              "Sequences evicted from the KV cache to be recomputed later")) {}
+
+  // On the engine thread: three uncontended mutexes per step.
+  void OnStep(const StepInfo& step) const {
+    step_duration->Observe({}, step.seconds);
+    step_tokens->Add({"prefill"}, step.prefill_tokens);
+    step_tokens->Add({"decode"}, step.decode_tokens);
+  }
+
+  // At scrape; nothing before the model is loaded.
+  void Scrape(const WorkerServices& services) const {
+    std::optional<EngineStats> stats = services.EngineStatsIfLoaded();
+    if (!stats.has_value()) return;
+    running->Set({}, stats->running);
+    waiting->Set({}, stats->waiting);
+    kv_blocks_used->Set({}, stats->kv_blocks_used);
+    kv_blocks_total->Set({}, stats->kv_blocks_total);
+    preemptions->Set({}, static_cast<double>(stats->preemptions));
+  }
+
+  MetricFamily* const step_duration;
+  MetricFamily* const step_tokens;
+  MetricFamily* const running;
+  MetricFamily* const waiting;
+  MetricFamily* const kv_blocks_used;
+  MetricFamily* const kv_blocks_total;
+  MetricFamily* const preemptions;
+};
+
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& config,
+                                                       const EngineMetrics* metrics) {
   ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> opened, ModelWeights::Open(config.model));
   std::shared_ptr<const ModelWeights> weights = std::move(opened);
   auto model = std::make_unique<ServedModel>();
@@ -78,6 +133,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& confi
   EngineOptions engine_options;
   engine_options.max_running = config.max_running;
   engine_options.max_waiting = config.max_waiting;
+  engine_options.on_step = [metrics](const StepInfo& step) { metrics->OnStep(step); };
   ASSIGN_OR_RETURN(model->engine, Engine::Create(std::move(runner), model->text.tokenizer.get(),
                                                  model->text.eos_ids, engine_options));
   RETURN_IF_ERROR(model->engine->Start());
@@ -110,9 +166,13 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
     signal_thread.join();
   };
 
+  // Declared before everything that records into it.
+  MetricsRegistry registry;
+  const EngineMetrics engine_metrics(&registry);
   WorkerServicesOptions service_options;
   service_options.served_model_name = config.served_model_name;
   service_options.version = version;
+  service_options.metrics = &registry;
   WorkerServices services(service_options);
 
   // Every service NOT_SERVING from the moment the port opens until the model has loaded and run
@@ -133,19 +193,43 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
     return 1;
   }
 
+  // /metrics, /live and /ready from now on (ready once the model serves).
+  std::unique_ptr<HttpServer> http;
+  if (!config.http_address.empty()) {
+    HttpServerOptions http_options;
+    http_options.threads = 4;  // scrapes and probes only
+    http_options.max_queued_connections = 64;
+    http = std::make_unique<HttpServer>(http_options);
+    AddProbeRoutes(
+        http.get(), &registry, [&] { engine_metrics.Scrape(services); },
+        [&services] { return services.Readiness(); });
+    if (absl::Status started = http->Start(config.http_address); !started.ok()) {
+      LogJsonLine(
+          {{"event", "error"}, {"error", absl::StrCat("http_address: ", started.message())}});
+      server->Shutdown(std::chrono::system_clock::now());
+      server->Wait();
+      end_signal_thread();
+      return 1;
+    }
+  }
+
   const std::string host = config.address.substr(0, config.address.rfind(':'));
   std::printf("listening on %s:%d\n", host.c_str(), port);
+  if (http != nullptr) std::printf("http listening on %s\n", http->address().c_str());
   std::fflush(stdout);
-  LogJsonLine({{"event", "listening"},
-               {"address", absl::StrCat(host, ":", port)},
-               {"model", config.served_model_name},
-               {"version", version}});
+  nlohmann::json listening = {{"event", "listening"},
+                              {"address", absl::StrCat(host, ":", port)},
+                              {"model", config.served_model_name},
+                              {"version", version}};
+  if (http != nullptr) listening["http_address"] = http->address();
+  LogJsonLine(listening);
 
   const absl::Time load_start = absl::Now();
-  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModel(config);
+  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModel(config, &engine_metrics);
   if (!model.ok()) {
     LogJsonLine({{"event", "error"},
                  {"error", absl::StrCat("model ", config.model, ": ", model.status().ToString())}});
+    if (http != nullptr) http->Stop();
     server->Shutdown(std::chrono::system_clock::now());
     server->Wait();
     end_signal_thread();
@@ -169,7 +253,8 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
                    std::chrono::milliseconds(static_cast<int64_t>(config.drain_seconds * 1000)));
   server->Wait();
   server.reset();
-  model->reset();  // stops the engine loop
+  if (http != nullptr) http->Stop();  // its handlers read the engine
+  model->reset();                     // stops the engine loop
   end_signal_thread();
   LogJsonLine({{"event", "stopped"}});
   return 0;

@@ -82,6 +82,9 @@ const std::map<std::string, std::string>& Help() {
       {"model", "GGUF file or HF model directory (required)"},
       {"served_model_name", "name clients use in ChatRequest.model (default: from the model path)"},
       {"address", "host:port to listen on; port 0 picks a free port (default 127.0.0.1:50061)"},
+      {"http_address",
+       "host:port for /metrics, /live and /ready; port 0 picks a free port; \"\" disables "
+       "(default 127.0.0.1:9090)"},
       {"threads", "CPU threads; 0 = one per core"},
       {"context_length", "longest sequence in tokens; 0 = the model's maximum"},
       {"kv_cache_tokens", "KV cache size in tokens; 0 = 4 x context_length"},
@@ -107,6 +110,14 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
        }},
       {"address", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
                      absl::string_view w) { return ParseAddress(w, k, v, &c->address); }},
+      {"http_address",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         if (v.empty()) {  // no HTTP side
+           c->http_address.clear();
+           return absl::OkStatus();
+         }
+         return ParseAddress(w, k, v, &c->http_address);
+       }},
       {"threads", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
                      absl::string_view w) { return ParseInt(w, k, v, 0, &c->threads); }},
       {"context_length",

@@ -24,6 +24,10 @@ struct WorkerConfig {
   std::string served_model_name;
   // host:port to listen on; port 0 picks a free port (printed as "listening on HOST:PORT").
   std::string address = "127.0.0.1:50061";
+  // host:port of the plain-HTTP side: /metrics (Prometheus), /live and /ready (Kubernetes
+  // probes); port 0 picks a free port (printed as "http listening on HOST:PORT"); "" serves no
+  // HTTP. Several workers on one host need distinct ports (tests pass 127.0.0.1:0).
+  std::string http_address = "127.0.0.1:9090";
   // CPU threads for the kernels; 0: one per core.
   int threads = 0;
   // Longest sequence (prompt + generated) in tokens; 0: the model's max_position_embeddings.

@@ -12,6 +12,7 @@ TEST(WorkerConfigTest, DefaultsWhenEmpty) {
   WorkerConfig config;
   ASSERT_TRUE(ParseWorkerConfigYaml("", "w.yaml", &config).ok());
   EXPECT_EQ(config.address, "127.0.0.1:50061");
+  EXPECT_EQ(config.http_address, "127.0.0.1:9090");
   EXPECT_EQ(config.activations, "q8");
   EXPECT_EQ(config.kv_dtype, "f16");
   EXPECT_EQ(config.max_running, 8);
@@ -23,6 +24,7 @@ TEST(WorkerConfigTest, ParsesEveryKey) {
 model: models/x.gguf
 served_model_name: org/x
 address: 0.0.0.0:0
+http_address: 0.0.0.0:9100
 threads: 2
 context_length: 1024
 kv_cache_tokens: 4096
@@ -39,6 +41,7 @@ drain_seconds: 0.5
   EXPECT_EQ(config.model, "models/x.gguf");
   EXPECT_EQ(config.served_model_name, "org/x");
   EXPECT_EQ(config.address, "0.0.0.0:0");
+  EXPECT_EQ(config.http_address, "0.0.0.0:9100");
   EXPECT_EQ(config.threads, 2);
   EXPECT_EQ(config.context_length, 1024);
   EXPECT_EQ(config.kv_cache_tokens, 4096);
@@ -49,7 +52,7 @@ drain_seconds: 0.5
   EXPECT_EQ(config.default_max_tokens, 64);
   EXPECT_EQ(config.max_step_tokens, 128);
   EXPECT_DOUBLE_EQ(config.drain_seconds, 0.5);
-  EXPECT_EQ(WorkerConfigKeys().size(), 13u);
+  EXPECT_EQ(WorkerConfigKeys().size(), 14u);
   for (const std::string& key : WorkerConfigKeys()) {
     EXPECT_FALSE(WorkerConfigKeyHelp(key).empty()) << key;
   }
@@ -76,6 +79,11 @@ TEST(WorkerConfigTest, ErrorsNameFileLineKeyAndReason) {
   status = ParseWorkerConfigYaml("address: localhost\n", "w.yaml", &config);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("key 'address': 'localhost' is not host:port"));
+
+  status = ParseWorkerConfigYaml("http_address: 127.0.0.1:http\n", "w.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(),
+              HasSubstr("key 'http_address': '127.0.0.1:http' has no port in [0, 65535]"));
 
   status = ParseWorkerConfigYaml("threads:\n", "w.yaml", &config);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
@@ -106,6 +114,20 @@ TEST(WorkerConfigTest, FlagsOverrideTheFile) {
   absl::Status status = SetWorkerConfigField(&config, "threads", "-1", "flag --threads");
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("flag --threads: key 'threads': -1 is out of range"));
+}
+
+TEST(WorkerConfigTest, EmptyHttpAddressDisablesHttp) {
+  WorkerConfig config;
+  ASSERT_TRUE(ParseWorkerConfigYaml("http_address: \"\"\n", "w.yaml", &config).ok());
+  EXPECT_EQ(config.http_address, "");
+  ASSERT_TRUE(SetWorkerConfigField(&config, "http_address", "127.0.0.1:0", "flag").ok());
+  EXPECT_EQ(config.http_address, "127.0.0.1:0");
+  ASSERT_TRUE(SetWorkerConfigField(&config, "http_address", "", "flag --http-address").ok());
+  EXPECT_EQ(config.http_address, "");
+  // The gRPC address cannot be empty.
+  absl::Status status = SetWorkerConfigField(&config, "address", "", "flag --address");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("flag --address: key 'address'"));
 }
 
 TEST(WorkerConfigTest, MissingFileIsNotFound) {
@@ -145,6 +167,7 @@ TEST(WorkerConfigTest, TheExampleConfigParses) {
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_EQ(config.model, "models/SmolLM2-135M-Instruct.Q4_1.gguf");
   EXPECT_EQ(config.address, "127.0.0.1:50061");
+  EXPECT_EQ(config.http_address, "127.0.0.1:9090");
   ASSERT_TRUE(FinalizeWorkerConfig(&config).ok());
   EXPECT_EQ(config.served_model_name, "SmolLM2-135M-Instruct");
 }

@@ -11,6 +11,7 @@
 #include "google/protobuf/descriptor.pb.h"
 #include "gtest/gtest.h"
 #include "shardserve/chat/v1/chat.grpc.pb.h"
+#include "shardserve/gateway/v1/gateway.grpc.pb.h"
 #include "shardserve/hub/v1/hub_sync.grpc.pb.h"
 #include "shardserve/worker/v1/worker.grpc.pb.h"
 
@@ -78,7 +79,7 @@ void CollectDeclarations(const FileDescriptorProto& file,
 
 TEST(ProtoTest, EveryDeclarationIsCommented) {
   FileDescriptorSet set = LoadDescriptorSet();
-  ASSERT_EQ(set.file_size(), 3);
+  ASSERT_EQ(set.file_size(), 4);
   for (const FileDescriptorProto& file : set.file()) {
     std::map<std::vector<int>, const SourceCodeInfo::Location*> locations;
     for (const auto& loc : file.source_code_info().location()) {
@@ -130,6 +131,12 @@ TEST(ProtoTest, RpcShapes) {
   EXPECT_TRUE(hub->FindMethodByName("Sync")->server_streaming());
   EXPECT_NE(hub->FindMethodByName("List"), nullptr);
   EXPECT_NE(hub->FindMethodByName("Delete"), nullptr);
+
+  const auto* gateway =
+      gateway::v1::ClusterStatusRequest::descriptor()->file()->FindServiceByName("Gateway");
+  ASSERT_NE(gateway, nullptr);
+  EXPECT_EQ(gateway->full_name(), "shardserve.gateway.v1.Gateway");
+  EXPECT_FALSE(gateway->FindMethodByName("ClusterStatus")->server_streaming());
 }
 
 TEST(ProtoTest, ChatRequestRoundTrips) {

@@ -44,7 +44,8 @@ class CliTest : public ::testing::Test {
 };
 
 TEST_F(CliTest, HelpForEverySubcommand) {
-  for (const char* sub : {"inspect", "tokenize", "template", "run", "perplexity"}) {
+  for (const char* sub :
+       {"inspect", "tokenize", "template", "run", "perplexity", "chat", "status", "hash-key"}) {
     RunResult r = Shardserve({sub, "--help"});
     EXPECT_EQ(r.exit_code, 0) << sub << ": " << r.err;
     EXPECT_THAT(r.out, HasSubstr("Usage")) << sub;
@@ -52,6 +53,32 @@ TEST_F(CliTest, HelpForEverySubcommand) {
   RunResult none = Shardserve({});
   EXPECT_NE(none.exit_code, 0);
   EXPECT_THAT(none.err + none.out, HasSubstr("subcommand"));
+}
+
+// SHA-256 test vectors from FIPS 180-2; the gateway config stores keys this way.
+TEST_F(CliTest, HashKeyPrintsTheSha256OfTheKey) {
+  RunResult r = Shardserve({"hash-key", "abc"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n");
+
+  // "-": from stdin, the trailing newline not part of the key.
+  const std::string input = ::testing::TempDir() + "cli_test_key.txt";
+  {
+    std::ofstream f(input);
+    f << "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq\n";
+  }
+  r = RunProgram({SHARDSERVE_CLI_PATH, "hash-key", "-"}, input);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1\n");
+
+  {
+    std::ofstream f(input);
+    f << "\n";
+  }
+  r = RunProgram({SHARDSERVE_CLI_PATH, "hash-key", "-"}, input);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("the key is empty"));
+  EXPECT_EQ(r.out, "");
 }
 
 TEST_F(CliTest, InspectBothFormsAgree) {

@@ -1,22 +1,31 @@
 // The real `worker` binary on a free loopback port, with the default GGUF, driven through gRPC:
 // health, streaming order, greedy determinism, max_tokens, stop strings, concurrency,
-// cancellation, each bad-input case, Status, ListModels, the log line, and shutdown on SIGTERM.
+// cancellation, each bad-input case, Status, ListModels, the log line, and shutdown on SIGTERM;
+// its HTTP side (/metrics, also through prometheus_client's parser, /live, /ready); and the
+// `shardserve status` and `chat` commands against it.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "shardserve/chat/v1/chat.grpc.pb.h"
 #include "shardserve/worker/v1/worker.grpc.pb.h"
@@ -44,31 +53,32 @@ std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
 // One worker process and a channel to it.
 struct Worker {
   std::unique_ptr<Process> process;
-  std::string address;
+  std::string address;       // gRPC
+  std::string http_address;  // /metrics, /live, /ready
   std::string log_path;
   std::shared_ptr<grpc::Channel> channel;
 };
 
-// Starts the worker on 127.0.0.1:0 with a small context and cache, reads the port it prints and
-// waits (Health.Watch) until it serves. Fatal failures leave `worker->channel` null.
+// Starts the worker on 127.0.0.1:0 (gRPC and HTTP) with a small context and cache, reads the
+// ports it prints and waits (Health.Watch) until it serves. `extra_flags` override the defaults
+// here. Fatal failures leave `worker->channel` null.
 void StartWorker(const std::vector<std::string>& extra_flags, const std::string& name,
                  Worker* worker) {
   worker->log_path = ::testing::TempDir() + "worker_test_" + name + ".log";
-  std::vector<std::string> argv = {SHARDSERVE_WORKER_PATH,
-                                   "--model",
-                                   kModelPath,
-                                   "--address",
-                                   "127.0.0.1:0",
-                                   "--context-length",
-                                   std::to_string(kContext),
-                                   "--kv-cache-tokens",
-                                   "1024",
-                                   "--threads",
-                                   "2",
-                                   "--max-running",
-                                   "4",
-                                   "--drain-seconds",
-                                   "0.5"};
+  const std::vector<std::pair<std::string, std::string>> defaults = {
+      {"--address", "127.0.0.1:0"},
+      {"--http-address", "127.0.0.1:0"},
+      {"--context-length", std::to_string(kContext)},
+      {"--kv-cache-tokens", "1024"},
+      {"--threads", "2"},
+      {"--max-running", "4"},
+      {"--drain-seconds", "0.5"}};
+  std::vector<std::string> argv = {SHARDSERVE_WORKER_PATH, "--model", kModelPath};
+  for (const auto& [flag, value] : defaults) {
+    if (std::find(extra_flags.begin(), extra_flags.end(), flag) != extra_flags.end()) continue;
+    argv.push_back(flag);
+    argv.push_back(value);
+  }
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   std::string error;
   worker->process = Process::Start(argv, worker->log_path, &error);
@@ -77,6 +87,11 @@ void StartWorker(const std::vector<std::string>& extra_flags, const std::string&
   ASSERT_TRUE(line.has_value()) << "no 'listening on' line; log: " << worker->log_path;
   ASSERT_THAT(*line, ::testing::StartsWith("listening on 127.0.0.1:"));
   worker->address = line->substr(std::string("listening on ").size());
+  // The second line, before the model loads: the HTTP address.
+  line = worker->process->ReadLine(10s);
+  ASSERT_TRUE(line.has_value()) << "no 'http listening on' line; log: " << worker->log_path;
+  ASSERT_THAT(*line, ::testing::StartsWith("http listening on 127.0.0.1:"));
+  worker->http_address = line->substr(std::string("http listening on ").size());
   worker->channel = grpc::CreateChannel(worker->address, grpc::InsecureChannelCredentials());
 
   // NOT_SERVING (or SERVING already) until the model is up; Watch streams each change.
@@ -94,7 +109,7 @@ void StartWorker(const std::vector<std::string>& extra_flags, const std::string&
   context.TryCancel();
   reader->Finish();
   ASSERT_TRUE(serving) << "worker never became SERVING; log: " << worker->log_path;
-  // The second (and last) stdout line follows health SERVING.
+  // The third (and last) stdout line follows health SERVING.
   EXPECT_EQ(worker->process->ReadLine(10s),
             std::optional<std::string>("serving " + std::string(kModelName)));
 }
@@ -128,6 +143,47 @@ StreamResult Collect(grpc::ClientReaderInterface<chatpb::ChatChunk>* reader) {
   }
   result.status = reader->Finish();
   return result;
+}
+
+// The value of one series in Prometheus text ("name{labels} value" lines); 0 when absent (a
+// counter not incremented yet).
+double Sample(const std::string& metrics, const std::string& series) {
+  std::istringstream lines(metrics);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ') {
+      return std::strtod(line.c_str() + series.size() + 1, nullptr);
+    }
+  }
+  return 0;
+}
+
+// GET `path` from the worker's HTTP side.
+httplib::Result HttpGet(const Worker& worker, const std::string& path) {
+  httplib::Client client("http://" + worker.http_address);
+  client.set_connection_timeout(10);
+  client.set_read_timeout(30);
+  return client.Get(path.c_str());
+}
+
+// The status of GET `path`, or -1 when the request fails.
+int HttpStatus(const Worker& worker, const std::string& path) {
+  httplib::Result r = HttpGet(worker, path);
+  return r ? r->status : -1;
+}
+
+// A loopback port nothing listens on (bound, then closed).
+int ClosedPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 class WorkerTest : public ::testing::Test {
@@ -177,6 +233,28 @@ class WorkerTest : public ::testing::Test {
     grpc::Status status = stub.Status(&context, workerpb::StatusRequest(), &response);
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response;
+  }
+
+  // The worker's /metrics text (empty, with a test failure, when the GET fails).
+  static std::string Metrics() {
+    httplib::Result r = HttpGet(*worker_, "/metrics");
+    EXPECT_TRUE(r) << "GET /metrics: " << httplib::to_string(r.error());
+    if (!r) return "";
+    EXPECT_EQ(r->status, 200);
+    EXPECT_THAT(r->get_header_value("Content-Type"), ::testing::StartsWith("text/plain"));
+    return r->body;
+  }
+  // /metrics once no sequence is running or waiting: every request that ended has been counted
+  // (the engine publishes its load after the outputs of the step that ended them). Polled.
+  static std::string IdleMetrics() {
+    const auto start = std::chrono::steady_clock::now();
+    std::string text;
+    do {
+      text = Metrics();
+    } while ((Sample(text, "shardserve_worker_running_sequences") != 0 ||
+              Sample(text, "shardserve_worker_waiting_sequences") != 0) &&
+             std::chrono::steady_clock::now() - start < 10s);
+    return text;
   }
 
   void ExpectError(const chatpb::ChatRequest& request, grpc::StatusCode code,
@@ -538,6 +616,143 @@ TEST_F(WorkerTest, ChatCliInteractiveKeepsTheConversation) {
   EXPECT_EQ(r.out, a1.text + "\n" + a2.text + "\n");
 }
 
+TEST_F(WorkerTest, HttpProbesAndMetricsFollowRequests) {
+  httplib::Result live = HttpGet(*worker_, "/live");
+  ASSERT_TRUE(live) << httplib::to_string(live.error());
+  EXPECT_EQ(live->status, 200);
+  EXPECT_EQ(live->body, "ok\n");
+  httplib::Result ready = HttpGet(*worker_, "/ready");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->status, 200);
+  EXPECT_EQ(ready->body, "ready\n");
+  EXPECT_EQ(HttpStatus(*worker_, "/nope"), 404);
+
+  const std::string before = IdleMetrics();
+  EXPECT_EQ(Sample(before, "shardserve_worker_kv_blocks_total"), 1024 / 16);
+  EXPECT_EQ(Sample(before, "shardserve_worker_kv_blocks_used"), 0);
+  StreamResult r = Generate(Greedy("Name three colors.", 6));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const chatpb::Usage& usage = r.final_chunk()->usage();
+  chatpb::ChatRequest unknown = Greedy("hi", 4);
+  unknown.set_model("no-such-model");
+  EXPECT_EQ(Generate(unknown).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  const std::string after = IdleMetrics();
+
+  auto delta = [&](const std::string& series) {
+    return Sample(after, series) - Sample(before, series);
+  };
+  EXPECT_EQ(delta("shardserve_worker_requests_total{code=\"OK\"}"), 1);
+  EXPECT_EQ(delta("shardserve_worker_requests_total{code=\"NOT_FOUND\"}"), 1);
+  EXPECT_EQ(delta("shardserve_worker_prompt_tokens_total"), usage.prompt_tokens());
+  EXPECT_EQ(delta("shardserve_worker_generation_tokens_total"), usage.completion_tokens());
+  EXPECT_EQ(delta("shardserve_worker_time_to_first_token_seconds_count"), 1);
+  EXPECT_EQ(delta("shardserve_worker_request_duration_seconds_count"), 1);
+  EXPECT_EQ(delta("shardserve_worker_queue_duration_seconds_count"), 1);
+  EXPECT_GT(delta("shardserve_worker_request_duration_seconds_sum"), 0);
+  EXPECT_GE(delta("shardserve_worker_request_duration_seconds_sum"),
+            delta("shardserve_worker_time_to_first_token_seconds_sum"));
+  // One step prefills the prompt (and samples the first token); each further token is a decode
+  // step. Nothing else ran meanwhile.
+  EXPECT_EQ(delta("shardserve_worker_step_duration_seconds_count"), usage.completion_tokens());
+  EXPECT_EQ(delta("shardserve_worker_step_tokens_total{phase=\"prefill\"}"), usage.prompt_tokens());
+  EXPECT_EQ(delta("shardserve_worker_step_tokens_total{phase=\"decode\"}"),
+            usage.completion_tokens() - 1);
+  EXPECT_GT(delta("shardserve_worker_step_duration_seconds_sum"), 0);
+
+  // Mid-stream the gauges show the sequence and its cache; cancelling counts CANCELLED.
+  workerpb::Worker::Stub stub(worker_->channel);
+  grpc::ClientContext context;
+  workerpb::GenerateRequest g;
+  *g.mutable_request() = Greedy("Write a long story about a dragon and a knight.", 200);
+  auto reader = stub.Generate(&context, g);
+  chatpb::ChatChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  ASSERT_TRUE(reader->Read(&chunk));
+  const std::string during = Metrics();
+  EXPECT_EQ(Sample(during, "shardserve_worker_running_sequences"), 1);
+  EXPECT_GT(Sample(during, "shardserve_worker_kv_blocks_used"), 0);
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const std::string end = IdleMetrics();
+  EXPECT_EQ(Sample(end, "shardserve_worker_requests_total{code=\"CANCELLED\"}") -
+                Sample(after, "shardserve_worker_requests_total{code=\"CANCELLED\"}"),
+            1);
+  EXPECT_EQ(Sample(end, "shardserve_worker_kv_blocks_used"), 0);
+}
+
+// prometheus_client's own parser reads /metrics (tests/integration/parse_metrics.py also checks
+// the content type, the shardserve_ prefix and every histogram's buckets).
+TEST_F(WorkerTest, MetricsParseWithPrometheusClient) {
+  ASSERT_TRUE(Generate(Greedy("Say yes.", 3)).status.ok());
+  IdleMetrics();
+  const char* source = std::getenv("SHARDSERVE_SOURCE_DIR");
+  const std::string script =
+      std::string(source != nullptr ? source : ".") + "/tests/integration/parse_metrics.py";
+  testing::RunResult r = testing::RunProgram(
+      {"/usr/bin/env", "python3", script, "http://" + worker_->http_address + "/metrics"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json families = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(families.is_object()) << r.out;
+  // prometheus_client names a counter's family without "_total".
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"shardserve_worker_requests", "counter"},
+      {"shardserve_worker_prompt_tokens", "counter"},
+      {"shardserve_worker_generation_tokens", "counter"},
+      {"shardserve_worker_step_tokens", "counter"},
+      {"shardserve_worker_preemptions", "counter"},
+      {"shardserve_worker_running_sequences", "gauge"},
+      {"shardserve_worker_waiting_sequences", "gauge"},
+      {"shardserve_worker_kv_blocks_used", "gauge"},
+      {"shardserve_worker_kv_blocks_total", "gauge"},
+      {"shardserve_worker_step_duration_seconds", "histogram"},
+      {"shardserve_worker_time_to_first_token_seconds", "histogram"},
+      {"shardserve_worker_request_duration_seconds", "histogram"},
+      {"shardserve_worker_queue_duration_seconds", "histogram"}};
+  for (const auto& [name, type] : expected) {
+    ASSERT_TRUE(families.contains(name)) << name << " missing from " << r.out;
+    EXPECT_EQ(families[name].value("type", ""), type) << name;
+    EXPECT_FALSE(families[name]["samples"].empty()) << name;
+  }
+  EXPECT_EQ(families["shardserve_worker_kv_blocks_total"]["samples"][0]["value"], 64.0);
+  bool ok_counted = false;
+  for (const nlohmann::json& sample : families["shardserve_worker_requests"]["samples"]) {
+    if (sample["name"] == "shardserve_worker_requests_total" &&
+        sample["labels"].value("code", "") == "OK") {
+      ok_counted = sample["value"].get<double>() >= 1;
+    }
+  }
+  EXPECT_TRUE(ok_counted) << families["shardserve_worker_requests"].dump();
+}
+
+TEST_F(WorkerTest, StatusCliShowsTheWorker) {
+  testing::RunResult r =
+      testing::RunProgram({SHARDSERVE_CLI_PATH, "status", "--target", worker_->address});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("worker " + worker_->address));
+  EXPECT_THAT(r.out, HasSubstr("WORKER_STATE_SERVING"));
+  EXPECT_THAT(r.out, HasSubstr("model SmolLM2-135M-Instruct  context 256  quantization gguf:Q4_1"));
+  EXPECT_THAT(r.out, ::testing::ContainsRegex("WORKER +UP +HEALTHY +RUNNING +WAITING +KV USED"));
+  EXPECT_THAT(r.out,
+              ::testing::ContainsRegex(worker_->address + " +up +yes +0 +0 +0/64 \\(0\\.0%\\)"));
+
+  r = testing::RunProgram({SHARDSERVE_CLI_PATH, "status", "--json", "--target", worker_->address});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j["healthy"], true);
+  EXPECT_EQ(j["worker"]["model"]["id"], kModelName);
+  EXPECT_EQ(j["worker"]["state"], "WORKER_STATE_SERVING");
+  EXPECT_EQ(j["worker"]["kv_blocks_total"], "64");  // proto3 JSON writes 64-bit ints as strings
+
+  const std::string closed = "127.0.0.1:" + std::to_string(ClosedPort());
+  r = testing::RunProgram({SHARDSERVE_CLI_PATH, "status", "--timeout", "5", "--target", closed});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("shardserve status: ClusterStatus on " + closed + ": UNAVAILABLE"));
+  EXPECT_EQ(r.out, "");
+}
+
 TEST(WorkerProcessTest, FullQueueIsResourceExhausted) {
   Worker worker;
   StartWorker({"--max-waiting", "0"}, "queue", &worker);
@@ -575,6 +790,41 @@ TEST(WorkerProcessTest, SigtermDrainsRunningStreamsAndExitsZero) {
   EXPECT_EQ(worker.process->Wait(30s), std::optional<int>(0));
 }
 
+// /ready turns 503 as soon as draining starts (Kubernetes stops routing), while /live and
+// /metrics stay up until the running stream ends.
+TEST(WorkerProcessTest, ReadyIsUnavailableWhileDraining) {
+  Worker worker;
+  StartWorker({"--drain-seconds", "60"}, "ready", &worker);
+  ASSERT_NE(worker.channel, nullptr);
+  workerpb::Worker::Stub stub(worker.channel);
+  grpc::ClientContext context;
+  context.set_deadline(In(60s));
+  workerpb::GenerateRequest g;
+  *g.mutable_request() = Greedy("Write a long story about a dragon and a knight.", 200);
+  auto reader = stub.Generate(&context, g);
+  chatpb::ChatChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  ASSERT_TRUE(worker.process->Signal(SIGTERM));
+  // The stream keeps the worker draining (up to 60 s) until it is cancelled below.
+  int ready_status = 200;
+  std::string ready_body;
+  while (ready_status == 200) {
+    httplib::Result ready = HttpGet(worker, "/ready");
+    ASSERT_TRUE(ready) << httplib::to_string(ready.error());
+    ready_status = ready->status;
+    ready_body = ready->body;
+  }
+  EXPECT_EQ(ready_status, 503);
+  EXPECT_EQ(ready_body, "not ready: shutting down\n");
+  httplib::Result live = HttpGet(worker, "/live");
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->status, 200);
+  EXPECT_EQ(HttpStatus(worker, "/metrics"), 200);
+  context.TryCancel();
+  Collect(reader.get());
+  EXPECT_EQ(worker.process->Wait(30s), std::optional<int>(0));
+}
+
 TEST(WorkerProcessTest, BadConfigFailsAtStartNamingFileKeyAndReason) {
   const std::string path = ::testing::TempDir() + "worker_test_bad.yaml";
   {
@@ -589,10 +839,44 @@ TEST(WorkerProcessTest, BadConfigFailsAtStartNamingFileKeyAndReason) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("flag --threads: key 'threads': 'many' is not an integer"));
 
-  r = testing::RunProgram(
-      {SHARDSERVE_WORKER_PATH, "--model", "/nonexistent.gguf", "--address", "127.0.0.1:0"});
+  r = testing::RunProgram({SHARDSERVE_WORKER_PATH, "--model", "/nonexistent.gguf", "--address",
+                           "127.0.0.1:0", "--http-address", "127.0.0.1:0"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("/nonexistent.gguf"));
+
+  r = testing::RunProgram({SHARDSERVE_WORKER_PATH, "--model", kModelPath, "--http-address", "x"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("flag --http-address: key 'http_address': 'x' is not host:port"));
+}
+
+// An HTTP port already taken fails the start (exit 1, the reason logged, nothing on stdout: both
+// ports are bound before the first line), and "" serves no HTTP and prints no HTTP line.
+TEST(WorkerProcessTest, HttpAddressInUseFailsAndEmptyDisablesHttp) {
+  Worker first;
+  StartWorker({}, "http_first", &first);
+  ASSERT_NE(first.channel, nullptr);
+  testing::RunResult r =
+      testing::RunProgram({SHARDSERVE_WORKER_PATH, "--model", kModelPath, "--address",
+                           "127.0.0.1:0", "--http-address", first.http_address});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err, HasSubstr("http_address: HTTP: cannot bind " + first.http_address));
+  first.process->Signal(SIGTERM);
+  EXPECT_EQ(first.process->Wait(30s), std::optional<int>(0));
+
+  std::string error;
+  std::unique_ptr<Process> plain =
+      Process::Start({SHARDSERVE_WORKER_PATH, "--model", kModelPath, "--address", "127.0.0.1:0",
+                      "--http-address", "", "--threads", "1", "--context-length", "256"},
+                     ::testing::TempDir() + "worker_test_no_http.log", &error);
+  ASSERT_NE(plain, nullptr) << error;
+  std::optional<std::string> line = plain->ReadLine(60s);
+  ASSERT_TRUE(line.has_value());
+  EXPECT_THAT(*line, ::testing::StartsWith("listening on 127.0.0.1:"));
+  EXPECT_EQ(plain->ReadLine(60s), std::optional<std::string>("serving " + std::string(kModelName)));
+  plain->Signal(SIGTERM);
+  EXPECT_EQ(plain->ReadLine(30s), std::nullopt);  // stdout closes: nothing else was printed
+  EXPECT_EQ(plain->Wait(30s), std::optional<int>(0));
 }
 
 }  // namespace

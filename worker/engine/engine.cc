@@ -339,6 +339,15 @@ void Engine::Loop() {
       const absl::Time t1 = absl::Now();
       const double step_seconds = Seconds(t1 - t0);
       for (Sequence* s : prefilling) s->prefill_seconds += step_seconds;
+      if (options_.on_step) {
+        StepInfo info;
+        info.seconds = step_seconds;
+        info.prefill_tokens = prefill_tokens;
+        info.decode_tokens = plan.num_tokens() - prefill_tokens;
+        info.sequences = static_cast<int>(plan.seq_ids.size());
+        info.ok = st.ok();
+        options_.on_step(info);
+      }
       if (!st.ok()) {
         // A failed forward pass is fatal for the sequences in it, not for the worker.
         for (auto& s : running_) {

@@ -66,9 +66,22 @@ struct GenerationOutput {
 
 using OutputCallback = std::function<void(GenerationOutput)>;
 
+// One model step of the loop, as EngineOptions::on_step sees it.
+struct StepInfo {
+  double seconds = 0;      // wall time of the forward pass (ModelRunner::Step)
+  int prefill_tokens = 0;  // prompt tokens in the step (recomputed ones after a preemption too)
+  int decode_tokens = 0;   // sequences advancing by one generated token
+  int sequences = 0;       // sequences in the step
+  bool ok = true;          // false when the forward pass failed (its sequences end with kError)
+};
+
 struct EngineOptions {
   int max_running = 8;    // sequences decoding at once
   int max_waiting = 256;  // queued requests beyond which Submit is RESOURCE_EXHAUSTED
+  // Called on the engine thread after every model step (not the warm-up in Start), before the
+  // step's outputs are delivered. It must be cheap and must not block or call into the engine
+  // (the worker records its metrics here). May be null.
+  std::function<void(const StepInfo&)> on_step;
 };
 
 struct EngineStats {

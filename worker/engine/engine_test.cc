@@ -1,6 +1,7 @@
 // The runner and the engine loop on the real default model (SmolLM2-135M-Instruct, Q4_1 GGUF).
 #include "worker/engine/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -339,6 +340,47 @@ TEST_F(EngineTest, BadRequestsAreRefusedWithTheirReason) {
   s = submit(negative);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("max_tokens"));
+}
+
+// The step hook sees every model step before that step's outputs: one request's prompt is
+// prefilled once (one chunk; the prompt is shorter than max_step_tokens) and each token after
+// the first comes from a decode step.
+TEST_F(EngineTest, StepHookCountsEveryStepsTokens) {
+  struct Steps {
+    absl::Mutex mu;
+    int steps = 0, prefill = 0, decode = 0, failed = 0;
+    double min_seconds = 1e9;
+  } steps;
+  EngineOptions options;
+  options.on_step = [&steps](const StepInfo& info) {
+    absl::MutexLock lock(&steps.mu);
+    ++steps.steps;
+    steps.prefill += info.prefill_tokens;
+    steps.decode += info.decode_tokens;
+    if (!info.ok) ++steps.failed;
+    steps.min_seconds = std::min(steps.min_seconds, info.seconds);
+    EXPECT_EQ(info.sequences, 1);
+  };
+  std::unique_ptr<Engine> engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  {
+    absl::MutexLock lock(&steps.mu);
+    EXPECT_EQ(steps.steps, 0) << "the warm-up step is not reported";
+  }
+  GenerationRequest request = Greedy("hooked", "Tell me a long story about a dragon.", 7);
+  request.ignore_eos = true;
+  const int prompt_tokens = static_cast<int>(request.prompt.size());
+  ASSERT_LT(prompt_tokens, SmallOptions().max_step_tokens);
+  Collected c;
+  ASSERT_TRUE(engine->Submit(std::move(request), c.Callback()).ok());
+  c.done.WaitForNotification();
+  ASSERT_EQ(c.finish, FinishReason::kLength);
+  absl::MutexLock lock(&steps.mu);
+  EXPECT_EQ(steps.steps, 7);  // one prefill step (samples the first token) + six decode steps
+  EXPECT_EQ(steps.prefill, prompt_tokens);
+  EXPECT_EQ(steps.decode, 6);
+  EXPECT_EQ(steps.failed, 0);
+  EXPECT_GT(steps.min_seconds, 0);
 }
 
 // A cache too small for all requests at once: the newest are preempted and recomputed, and

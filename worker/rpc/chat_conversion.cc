@@ -15,69 +15,6 @@ namespace shardserve {
 
 namespace chatpb = ::shardserve::chat::v1;
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
-namespace {
-
-constexpr int kMaxStopStrings = 16;
-constexpr int kMaxTopLogprobs = 20;
-
-absl::StatusOr<const char*> RoleName(chatpb::Role role, int index) {
-  switch (role) {
-    case chatpb::ROLE_SYSTEM:
-      return "system";
-    case chatpb::ROLE_USER:
-      return "user";
-    case chatpb::ROLE_ASSISTANT:
-      return "assistant";
-    case chatpb::ROLE_TOOL:
-      return "tool";
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "messages[", index, "].role: ",
-          role == chatpb::ROLE_UNSPECIFIED ? "unspecified" : absl::StrCat("unknown value ", role),
-          " (system, user, assistant or tool)"));
-  }
-}
-
-absl::StatusOr<SamplingOptions> ToSamplingOptions(const chatpb::ChatRequest& request,
-                                                  const PrepareOptions& options) {
-  const chatpb::SamplingParams& p = request.sampling();
-  SamplingOptions s;  // the defaults documented in the header
-  if (p.has_temperature()) s.temperature = p.temperature();
-  if (p.has_top_p()) s.top_p = p.top_p();
-  if (p.has_top_k()) s.top_k = p.top_k();
-  if (p.has_min_p()) s.min_p = p.min_p();
-  if (p.has_repetition_penalty()) s.repetition_penalty = p.repetition_penalty();
-  if (p.has_frequency_penalty()) s.frequency_penalty = p.frequency_penalty();
-  if (p.has_presence_penalty()) s.presence_penalty = p.presence_penalty();
-  if (p.has_seed()) {
-    s.seed = p.seed();
-  } else if (options.random_seed) {
-    s.seed = options.random_seed();
-  }
-  absl::Status valid = ValidateSamplingOptions(s);
-  if (!valid.ok()) {
-    return absl::Status(valid.code(), absl::StrCat("sampling.", valid.message()));
-  }
-  // Checked here, not by the sampler, so the error names the request's own fields.
-  if (request.top_logprobs() > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: ", request.top_logprobs(),
-                                                   " is out of range [0, ", kMaxTopLogprobs, "]"));
-  }
-  if (request.top_logprobs() > 0 && !request.logprobs()) {
-    return absl::InvalidArgumentError("top_logprobs: requires logprobs to be true");
-  }
-  s.logprobs = request.logprobs();
-  s.top_logprobs = static_cast<int>(request.top_logprobs());
-  return s;
-}
-
-}  // namespace
-
 absl::StatusOr<GenerationRequest> PrepareGeneration(const chatpb::ChatRequest& request,
                                                     const ModelText& text,
                                                     const PrepareOptions& options) {
@@ -86,47 +23,39 @@ absl::StatusOr<GenerationRequest> PrepareGeneration(const chatpb::ChatRequest& r
                                             "' is not served here (this worker serves '",
                                             options.served_model_name, "')"));
   }
-  if (request.messages().empty()) {
-    return absl::InvalidArgumentError("messages: at least one message is required");
-  }
-  if (request.n() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n: ", request.n(), " choices requested; this worker generates 1"));
-  }
-  if (request.stop_size() > kMaxStopStrings) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stop: ", request.stop_size(), " strings; at most ", kMaxStopStrings));
-  }
-  for (int i = 0; i < request.stop_size(); ++i) {
-    if (request.stop(i).empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("stop[", i, "]: empty string"));
-    }
-  }
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (int i = 0; i < request.messages_size(); ++i) {
-    const chatpb::Message& m = request.messages(i);
-    ASSIGN_OR_RETURN(const char* role, RoleName(m.role(), i));
-    nlohmann::ordered_json message = {{"role", role}, {"content", m.content()}};
-    if (!m.name().empty()) message["name"] = m.name();
-    messages.push_back(std::move(message));
-  }
-  ASSIGN_OR_RETURN(SamplingOptions sampling, ToSamplingOptions(request, options));
-
-  const bool add_generation_prompt =
-      request.has_add_generation_prompt() ? request.add_generation_prompt() : true;
-  absl::StatusOr<std::string> prompt = text.RenderChat(messages, add_generation_prompt);
-  if (!prompt.ok()) {
-    const absl::StatusCode code = prompt.status().code() == absl::StatusCode::kFailedPrecondition
-                                      ? absl::StatusCode::kFailedPrecondition
-                                      : absl::StatusCode::kInvalidArgument;
-    return absl::Status(
-        code, absl::StrCat("messages: the chat template failed: ", prompt.status().message()));
-  }
+  RETURN_IF_ERROR(ValidateChatRequest(request, /*max_choices=*/1));
+  ASSIGN_OR_RETURN(SamplingOptions sampling, ToSamplingOptions(request));
+  if (!request.sampling().has_seed() && options.random_seed) sampling.seed = options.random_seed();
 
   GenerationRequest out;
-  out.prompt = text.tokenizer->Encode(*prompt, /*add_special_tokens=*/false);
-  if (out.prompt.empty()) {
-    return absl::InvalidArgumentError("messages: the rendered prompt has no tokens");
+  if (!request.prompt().empty()) {
+    // A raw prompt (completions): the tokenizer's own special tokens, no template.
+    out.prompt = text.tokenizer->Encode(request.prompt(), /*add_special_tokens=*/true);
+    if (out.prompt.empty()) return absl::InvalidArgumentError("prompt: no tokens");
+  } else {
+    nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+    for (int i = 0; i < request.messages_size(); ++i) {
+      const chatpb::Message& m = request.messages(i);
+      ASSIGN_OR_RETURN(const char* role, RoleName(m.role(), i));
+      nlohmann::ordered_json message = {{"role", role}, {"content", m.content()}};
+      if (!m.name().empty()) message["name"] = m.name();
+      messages.push_back(std::move(message));
+    }
+    const bool add_generation_prompt =
+        request.has_add_generation_prompt() ? request.add_generation_prompt() : true;
+    absl::StatusOr<std::string> prompt = text.RenderChat(messages, add_generation_prompt);
+    if (!prompt.ok()) {
+      const absl::StatusCode code = prompt.status().code() == absl::StatusCode::kFailedPrecondition
+                                        ? absl::StatusCode::kFailedPrecondition
+                                        : absl::StatusCode::kInvalidArgument;
+      return absl::Status(
+          code, absl::StrCat("messages: the chat template failed: ", prompt.status().message()));
+    }
+
+    out.prompt = text.tokenizer->Encode(*prompt, /*add_special_tokens=*/false);
+    if (out.prompt.empty()) {
+      return absl::InvalidArgumentError("messages: the rendered prompt has no tokens");
+    }
   }
   out.sampling = sampling;
   out.stop.assign(request.stop().begin(), request.stop().end());
@@ -219,21 +148,6 @@ chatpb::ChatChunk ToChatChunk(const GenerationOutput& output, const Tokenizer& t
     t->set_prefill_seconds(output.timings.prefill_seconds);
   }
   return chunk;
-}
-
-void MergeChatChunk(chatpb::ChatChunk* into, chatpb::ChatChunk&& next) {
-  into->mutable_delta()->append(next.delta());
-  into->mutable_token_ids()->MergeFrom(next.token_ids());
-  for (chatpb::PositionLogprobs& p : *next.mutable_logprobs()) {
-    *into->add_logprobs() = std::move(p);
-  }
-  if (next.finish_reason() != chatpb::FINISH_REASON_UNSPECIFIED) {
-    into->set_finish_reason(next.finish_reason());
-  }
-  if (next.has_usage()) *into->mutable_usage() = next.usage();
-  if (next.has_timings()) *into->mutable_timings() = next.timings();
-  if (!next.request_id().empty()) into->set_request_id(next.request_id());
-  if (!next.model().empty()) into->set_model(next.model());
 }
 
 }  // namespace shardserve

@@ -16,12 +16,10 @@
 #include "grpcpp/support/status.h"
 #include "shardserve/chat/v1/chat.pb.h"
 #include "worker/engine/engine.h"
+#include "worker/rpc/chat_validation.h"
 #include "worker/text/model_text.h"
 
 namespace shardserve {
-
-// absl::Status -> grpc::Status: same code (abseil's codes are gRPC's), same message.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // What the worker needs beyond the request to prepare it.
 struct PrepareOptions {
@@ -33,7 +31,8 @@ struct PrepareOptions {
   std::function<uint64_t()> random_seed;
 };
 
-// Checks `request` and turns it into an engine request (id left empty). Errors name the field:
+// Checks `request` (ValidateChatRequest with one choice, then what needs the model) and turns it
+// into an engine request (id left empty). Errors name the field:
 //   NOT_FOUND         model is not the served one;
 //   INVALID_ARGUMENT  messages empty, messages[i].role unspecified or unknown, n not 0 or 1,
 //                     more than 16 stop strings or an empty one, top_logprobs > 20 or without
@@ -44,7 +43,8 @@ struct PrepareOptions {
 // off (OpenAI's and vLLM's defaults when the model ships no generation_config defaults); seed:
 // options.random_seed(). The conversation is rendered with the model's chat template
 // (add_generation_prompt true unless set) and tokenized without adding special tokens (the
-// template already holds them). max_tokens 0 becomes default_max_tokens, capped at what the
+// template already holds them). A raw `prompt` is tokenized with the tokenizer's special tokens
+// and no template. max_tokens 0 becomes default_max_tokens, capped at what the
 // context leaves after the prompt.
 absl::StatusOr<GenerationRequest> PrepareGeneration(const chat::v1::ChatRequest& request,
                                                     const ModelText& text,
@@ -60,10 +60,6 @@ void FillTokenLogprob(const Tokenizer& tokenizer, int32_t token, float logprob,
 // finish_reason. usage and timings are filled when the output is the last one (finish set).
 // request_id and model are the caller's to set on the first chunk.
 chat::v1::ChatChunk ToChatChunk(const GenerationOutput& output, const Tokenizer& tokenizer);
-
-// Appends `next` onto `into` (the chunks of one stream coalesced into one write): delta text
-// and ids and logprobs appended, finish/usage/timings taken from `next` when set there.
-void MergeChatChunk(chat::v1::ChatChunk* into, chat::v1::ChatChunk&& next);
 
 chat::v1::FinishReason ToProtoFinishReason(FinishReason reason);
 

@@ -76,6 +76,49 @@ TEST_F(ChatConversionTest, RendersTheTemplateAndTokenizesWithoutSpecialTokens) {
   EXPECT_EQ(g->prompt, text_->tokenizer->Encode(*text_->RenderChat(messages, false), false));
 }
 
+TEST_F(ChatConversionTest, RawPromptIsTokenizedWithoutTheTemplate) {
+  chatpb::ChatRequest request;
+  request.set_model("smol");
+  request.set_prompt("Once upon a time");
+  absl::StatusOr<GenerationRequest> g = PrepareGeneration(request, *text_, Options());
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->prompt, text_->tokenizer->Encode("Once upon a time", true));
+
+  request.add_messages()->set_role(chatpb::ROLE_USER);
+  absl::Status both = Prepare(request);
+  EXPECT_EQ(both.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(both.message(), HasSubstr("prompt: set together with messages"));
+}
+
+TEST(ValidateChatRequestTest, TheGatewayAllowsUpToSixteenChoices) {
+  chatpb::ChatRequest request;
+  chatpb::Message* m = request.add_messages();
+  m->set_role(chatpb::ROLE_USER);
+  m->set_content("hi");
+  request.set_n(4);
+  EXPECT_TRUE(ValidateChatRequest(request, kMaxChoices).ok());
+  absl::Status worker = ValidateChatRequest(request, 1);
+  EXPECT_EQ(worker.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(worker.message(), HasSubstr("n: 4 choices requested; this worker generates 1"));
+  request.set_n(17);
+  absl::Status gateway = ValidateChatRequest(request, kMaxChoices);
+  EXPECT_THAT(gateway.message(), HasSubstr("n: 17 choices requested; at most 16"));
+  request.set_n(1);
+  request.mutable_sampling()->set_top_p(0);
+  EXPECT_THAT(ValidateChatRequest(request, kMaxChoices).message(), HasSubstr("sampling.top_p"));
+  request.clear_sampling();
+  request.mutable_messages(0)->set_role(chatpb::ROLE_UNSPECIFIED);
+  EXPECT_THAT(ValidateChatRequest(request, kMaxChoices).message(),
+              HasSubstr("messages[0].role: unspecified"));
+}
+
+TEST(FromGrpcStatusTest, KeepsCodeAndMessage) {
+  absl::Status s = FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.message(), "gone");
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK).ok());
+}
+
 TEST_F(ChatConversionTest, CopiesSamplingStopLogprobsAndMaxTokens) {
   chatpb::ChatRequest request = Request("hi");
   request.set_model("");  // empty: the served model

@@ -1,11 +1,10 @@
 #include "worker/rpc/worker_service.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <optional>
 #include <random>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,18 +16,6 @@ namespace shardserve {
 
 namespace chatpb = ::shardserve::chat::v1;
 namespace workerpb = ::shardserve::worker::v1;
-
-void LogJsonLine(const nlohmann::json& line) {
-  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text.push_back('\n');
-  // One write(2): lines from concurrent requests never interleave.
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(STDERR_FILENO, text.data() + done, text.size() - done);
-    if (n <= 0) break;
-    done += static_cast<size_t>(n);
-  }
-}
 
 // One Chat / Generate stream. The engine's callback (engine thread), OnWriteDone and OnCancel
 // (gRPC threads) all go through Pump(), which lets exactly one thread at a time drive the
@@ -81,9 +68,17 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
     const Tokenizer* tokenizer = model->text.tokenizer.get();
     const std::string log_model = model_name_, log_id = request_id_, log_tenant = tenant_;
     WorkerServices* services = services_;
-    absl::Status submitted =
-        engine_->Submit(*std::move(generation), [state, tokenizer, arrival, log_model, log_id,
-                                                 log_tenant, services](GenerationOutput output) {
+    absl::Status submitted = engine_->Submit(
+        *std::move(generation), [state, tokenizer, arrival, log_model, log_id, log_tenant, services,
+                                 first_token = true](GenerationOutput output) mutable {
+          const RequestMetrics& metrics = services->metrics_;
+          if (first_token && !output.token_ids.empty()) {
+            first_token = false;
+            if (metrics.time_to_first_token != nullptr) {
+              metrics.time_to_first_token->Observe({},
+                                                   absl::ToDoubleSeconds(absl::Now() - arrival));
+            }
+          }
           chatpb::ChatChunk chunk = ToChatChunk(output, *tokenizer);
           std::optional<grpc::Status> final_status;
           if (output.finish != FinishReason::kNone) {
@@ -91,6 +86,13 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
             if (output.finish == FinishReason::kError &&
                 output.error.code() == absl::StatusCode::kDeadlineExceeded) {
               chunk.set_finish_reason(chatpb::FINISH_REASON_CANCELLED);
+            }
+            services->CountRequest(final_status->error_code());
+            if (metrics.duration != nullptr) {
+              metrics.duration->Observe({}, absl::ToDoubleSeconds(absl::Now() - arrival));
+              metrics.queue->Observe({}, output.timings.queue_seconds);
+              metrics.prompt_tokens->Add({}, output.prompt_tokens);
+              metrics.generation_tokens->Add({}, output.completion_tokens);
             }
             nlohmann::json line = {
                 {"event", "request"},
@@ -236,6 +238,7 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
                            {"error", std::string(status.message())}};
     if (!tenant_.empty()) line["tenant"] = tenant_;
     LogJsonLine(line);
+    services_->CountRequest(static_cast<grpc::StatusCode>(status.code()));
     {
       absl::MutexLock lock(&state_->mu);
       state_->finish_status = ToGrpcStatus(status);
@@ -313,6 +316,26 @@ WorkerServices::WorkerServices(WorkerServicesOptions options)
     : options_(std::move(options)),
       worker_impl_(std::make_unique<WorkerImpl>(this)),
       chat_impl_(std::make_unique<ChatImpl>(this)) {
+  if (MetricsRegistry* registry = options_.metrics; registry != nullptr) {
+    const std::vector<double> latency = MetricsRegistry::LatencyBuckets();
+    metrics_.requests =
+        registry->Counter("shardserve_worker_requests_total",
+                          "Requests ended, by the gRPC code the stream ended with", {"code"});
+    metrics_.time_to_first_token = registry->Histogram(
+        "shardserve_worker_time_to_first_token_seconds",
+        "Seconds from a request's arrival to its first generated token", {}, latency);
+    metrics_.duration = registry->Histogram(
+        "shardserve_worker_request_duration_seconds",
+        "Seconds from a request's arrival to its last output (requests the engine took)", {},
+        latency);
+    metrics_.queue = registry->Histogram(
+        "shardserve_worker_queue_duration_seconds",
+        "Seconds a request waited in the engine before it was admitted", {}, latency);
+    metrics_.prompt_tokens = registry->Counter("shardserve_worker_prompt_tokens_total",
+                                               "Prompt tokens of the requests that ended");
+    metrics_.generation_tokens = registry->Counter("shardserve_worker_generation_tokens_total",
+                                                   "Tokens generated for the requests that ended");
+  }
   absl::MutexLock lock(&mu_);
   random_ = options_.random;
   if (!random_) {
@@ -339,6 +362,24 @@ void WorkerServices::SetDraining() {
 bool WorkerServices::draining() const {
   absl::MutexLock lock(&mu_);
   return draining_;
+}
+
+absl::Status WorkerServices::Readiness() const {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("shutting down");
+  if (model_ == nullptr) return absl::UnavailableError("loading the model");
+  return absl::OkStatus();
+}
+
+std::optional<EngineStats> WorkerServices::EngineStatsIfLoaded() const {
+  absl::MutexLock lock(&mu_);
+  if (model_ == nullptr) return std::nullopt;
+  return model_->engine->Stats();
+}
+
+void WorkerServices::CountRequest(grpc::StatusCode code) {
+  if (metrics_.requests == nullptr) return;
+  metrics_.requests->Add({absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}, 1);
 }
 
 uint64_t WorkerServices::Random() {

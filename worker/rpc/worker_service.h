@@ -10,7 +10,17 @@
 //
 // Lifecycle: the services exist before the model loads (requests get UNAVAILABLE, Status says
 // LOADING); SetServing hands them the loaded model; SetDraining refuses new requests while the
-// server shuts down. The ServedModel must outlive the grpc::Server that runs these services.
+// server shuts down. The ServedModel must outlive the grpc::Server that runs these services
+// (and any HTTP server whose handlers call Readiness / EngineStatsIfLoaded).
+//
+// Metrics (when options.metrics is set), each request counted once, when it ends:
+//   shardserve_worker_requests_total{code}            by the gRPC code the stream ends with
+//                                                     ("OK", "INVALID_ARGUMENT", "CANCELLED"..)
+//   shardserve_worker_time_to_first_token_seconds     arrival to the first generated token
+//   shardserve_worker_request_duration_seconds        arrival to the last output (requests that
+//                                                     reached the engine)
+//   shardserve_worker_queue_duration_seconds          waiting in the engine before admission
+//   shardserve_worker_prompt_tokens_total, shardserve_worker_generation_tokens_total
 #ifndef SHARDSERVE_WORKER_RPC_WORKER_SERVICE_H_
 #define SHARDSERVE_WORKER_RPC_WORKER_SERVICE_H_
 
@@ -18,10 +28,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "common/log.h"
+#include "common/metrics.h"
 #include "grpcpp/grpcpp.h"
 #include "shardserve/chat/v1/chat.grpc.pb.h"
 #include "shardserve/worker/v1/worker.grpc.pb.h"
@@ -45,6 +59,9 @@ struct WorkerServicesOptions {
   std::string backend = "cpu";
   // Seeds for unseeded requests and ids for requests without one; default: std::random_device.
   std::function<uint64_t()> random = nullptr;
+  // Where the request metrics above are registered and recorded (not owned; must outlive the
+  // services). Null: none.
+  MetricsRegistry* metrics = nullptr;
 };
 
 class WorkerServices {
@@ -63,6 +80,12 @@ class WorkerServices {
   void SetDraining();
   bool draining() const;
 
+  // OK while serving (model loaded, not draining); UNAVAILABLE saying "loading the model" or
+  // "shutting down" otherwise. For /ready. Any thread.
+  absl::Status Readiness() const;
+  // The engine's counters, or nullopt before the model is loaded. Any thread.
+  std::optional<EngineStats> EngineStatsIfLoaded() const;
+
  private:
   class GenerateReactor;
   class WorkerImpl;
@@ -80,7 +103,20 @@ class WorkerServices {
   uint64_t Random();
   std::string NewRequestId();
 
+  // The request metrics' families (all null without options.metrics).
+  struct RequestMetrics {
+    MetricFamily* requests = nullptr;
+    MetricFamily* time_to_first_token = nullptr;
+    MetricFamily* duration = nullptr;
+    MetricFamily* queue = nullptr;
+    MetricFamily* prompt_tokens = nullptr;
+    MetricFamily* generation_tokens = nullptr;
+  };
+  // Counts a request that ended with `code` (a no-op without metrics).
+  void CountRequest(grpc::StatusCode code);
+
   const WorkerServicesOptions options_;
+  RequestMetrics metrics_;
   std::unique_ptr<WorkerImpl> worker_impl_;
   std::unique_ptr<ChatImpl> chat_impl_;
   std::atomic<uint64_t> next_engine_id_{1};
@@ -90,10 +126,6 @@ class WorkerServices {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   std::function<uint64_t()> random_ ABSL_GUARDED_BY(mu_);
 };
-
-// Writes one JSON object as one line on stderr (a single write, so lines from different
-// threads never interleave).
-void LogJsonLine(const nlohmann::json& line);
 
 }  // namespace shardserve
 

@@ -1,0 +1,103 @@
+#include "common/http_server.h"
+
+#include <atomic>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace shardserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(SplitHostPortTest, ParsesAndRejects) {
+  std::string host;
+  int port = -1;
+  ASSERT_TRUE(SplitHostPort("127.0.0.1:8000", &host, &port).ok());
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_EQ(port, 8000);
+  ASSERT_TRUE(SplitHostPort("[::1]:0", &host, &port).ok());
+  EXPECT_EQ(host, "::1");
+  EXPECT_EQ(port, 0);
+  absl::Status s = SplitHostPort("localhost", &host, &port);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("expected host:port"));
+  s = SplitHostPort("localhost:99999", &host, &port);
+  EXPECT_THAT(s.message(), HasSubstr("port is not a number"));
+}
+
+TEST(HttpServerTest, ServesProbesAndMetrics) {
+  MetricsRegistry registry;
+  registry.Counter("shardserve_test_total", "A test counter.")->Add({}, 3);
+  std::atomic<bool> ready{false};
+  std::atomic<int> scrapes{0};
+  HttpServer server;
+  AddProbeRoutes(
+      &server, &registry, [&] { scrapes++; },
+      [&] { return ready ? absl::OkStatus() : absl::UnavailableError("no healthy worker"); });
+  ASSERT_TRUE(server.Start("127.0.0.1:0").ok());
+  ASSERT_GT(server.port(), 0);
+
+  httplib::Client client("127.0.0.1", server.port());
+  auto live = client.Get("/live");
+  ASSERT_TRUE(live);
+  EXPECT_EQ(live->status, 200);
+
+  auto not_ready = client.Get("/ready");
+  ASSERT_TRUE(not_ready);
+  EXPECT_EQ(not_ready->status, 503);
+  EXPECT_THAT(not_ready->body, HasSubstr("no healthy worker"));
+  ready = true;
+  auto is_ready = client.Get("/ready");
+  ASSERT_TRUE(is_ready);
+  EXPECT_EQ(is_ready->status, 200);
+
+  auto metrics = client.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_THAT(metrics->get_header_value("Content-Type"), HasSubstr("version=0.0.4"));
+  EXPECT_THAT(metrics->body, HasSubstr("shardserve_test_total 3"));
+  EXPECT_EQ(scrapes.load(), 1);
+
+  auto missing = client.Get("/nope");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  server.Stop();
+  server.Stop();  // idempotent
+}
+
+TEST(HttpServerTest, SecondBindOnTheSamePortFails) {
+  HttpServer first;
+  ASSERT_TRUE(first.Start("127.0.0.1:0").ok());
+  HttpServer second;
+  absl::Status s = second.Start(first.address());
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.message(), HasSubstr("cannot bind"));
+}
+
+TEST(HttpServerTest, MoreConnectionsThanThreadsAreAllServed) {
+  HttpServerOptions options;
+  options.threads = 2;
+  options.max_queued_connections = 1;
+  HttpServer server(options);
+  server.server().Get("/slow", [](const httplib::Request&, httplib::Response& res) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    res.set_content("done", "text/plain");
+  });
+  ASSERT_TRUE(server.Start("127.0.0.1:0").ok());
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&] {
+      httplib::Client client("127.0.0.1", server.port());
+      auto res = client.Get("/slow");
+      if (res && res->status == 200 && res->body == "done") ok++;
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 8);
+}
+
+}  // namespace
+}  // namespace shardserve
