@@ -99,10 +99,12 @@ HttpServer::HttpServer(HttpServerOptions options)
   const int queued = options_.max_queued_connections;
   server_->new_task_queue = [threads, queued] { return new BoundedQueue(threads, queued); };
   // SO_REUSEADDR only: cpp-httplib's default also sets SO_REUSEPORT, which would let a second
-  // server bind a port already in use instead of failing.
-  server_->set_socket_options([](int sock) {
+  // server bind a port already in use instead of failing. The listening socket is remembered
+  // so Start can raise its backlog.
+  server_->set_socket_options([this](int sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
   });
   server_->set_payload_max_length(options_.max_body_bytes);
   SetTimeout(options_.read_timeout,
@@ -129,6 +131,10 @@ absl::Status HttpServer::Start(const std::string& address) {
     return absl::UnavailableError(
         absl::StrCat("HTTP: cannot bind ", address, " (in use, or not a local address)"));
   }
+  // Debian's cpp-httplib listens with a backlog of 5: a burst of connections beyond that is
+  // reset by the kernel before any handler could answer it (with a 429, say). Listening again
+  // on the bound socket raises it.
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
   host_ = host;
   port_ = port;
   loop_ = std::thread([this] { server_->listen_after_bind(); });

@@ -58,6 +58,7 @@ class HttpServer {
   std::thread loop_;
   std::string host_;
   int port_ = 0;
+  int listen_fd_ = -1;  // set by the socket-options hook when the server binds
 };
 
 // Splits "host:port" (IPv6 hosts in brackets). INVALID_ARGUMENT naming `address` otherwise.

@@ -99,5 +99,26 @@ TEST(HttpServerTest, MoreConnectionsThanThreadsAreAllServed) {
   EXPECT_EQ(ok.load(), 8);
 }
 
+// A burst of connections larger than the listen backlog cpp-httplib uses (5) is queued by the
+// kernel, not reset.
+TEST(HttpServerTest, ABurstOfConnectionsIsNotReset) {
+  HttpServerOptions options;
+  options.threads = 2;
+  HttpServer server(options);
+  AddProbeRoutes(&server, nullptr, nullptr, nullptr);
+  ASSERT_TRUE(server.Start("127.0.0.1:0").ok());
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 64; ++i) {
+    clients.emplace_back([&] {
+      httplib::Client client("127.0.0.1", server.port());
+      auto res = client.Get("/live");
+      if (res && res->status == 200) ok++;
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 64);
+}
+
 }  // namespace
 }  // namespace shardserve

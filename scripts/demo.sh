@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The local cluster on CPU, answering a chat question: set-up if needed (scripts/setup.sh is
-# idempotent), a Release build of the worker and the CLI, a worker on a free loopback port with
-# the default model, the question through `shardserve chat` (streamed), and the worker stopped.
+# The local cluster on CPU, answering a chat question through the gateway: set-up if needed
+# (scripts/setup.sh is idempotent), a Release build of the worker, the gateway and the CLI, two
+# workers on free loopback ports with the default model, the gateway in front of them, the
+# question through `shardserve chat --target GATEWAY` (gRPC, streamed), then the same question
+# through the OpenAI-compatible API with curl (`"stream": true`: the raw server-sent events,
+# then the text they carry), and everything stopped.
 #
 #   scripts/demo.sh                       asks "What is the capital of France? ..."
 #   scripts/demo.sh "Why is the sky blue?"
-#   scripts/demo.sh --serve               keeps the worker running until Ctrl-C, printing its
-#                                         endpoints
+#   scripts/demo.sh --serve               keeps the gateway (HTTP 127.0.0.1:8000, gRPC
+#                                         127.0.0.1:50051) and both workers running until
+#                                         Ctrl-C, printing the endpoints
 #
 # Environment: BUILD_DIR (default build), SHARDSERVE_MODEL (default the SmolLM2 GGUF),
-# THREADS (worker threads; default all cores), TEMPERATURE (default 0: greedy, reproducible),
-# MAX_TOKENS (default 256: a bound on the answer).
+# THREADS (per worker; default half the cores), TEMPERATURE (default 0: greedy, reproducible),
+# MAX_TOKENS (default 256: a bound on the answer), HTTP_ADDRESS / GRPC_ADDRESS (--serve's
+# gateway addresses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 serve=0
 prompt="What is the capital of France? Answer in one sentence."
@@ -30,25 +35,31 @@ log() { printf '[demo] %s\n' "$*" >&2; }
 
 build=${BUILD_DIR:-build}
 model=${SHARDSERVE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+threads=${THREADS:-$(($(nproc) / 2 > 0 ? $(nproc) / 2 : 1))}
+temperature=${TEMPERATURE:-0}
+max_tokens=${MAX_TOKENS:-256}
 
 scripts/setup.sh >&2
 
-log "building the worker and the CLI (Release, Ninja) in $build/"
+log "building the worker, the gateway and the CLI (Release, Ninja) in $build/"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" --target worker shardserve -j "${JOBS:-$(nproc)}" >&2
+cmake --build "$build" --target worker gateway shardserve -j "${JOBS:-$(nproc)}" >&2
 
 workdir=$(mktemp -d)
-worker_log="$workdir/worker.log"
-worker_pid=""
+pids=()  # gateway last: stopped first
 cleanup() {
   local rc=$?
-  if [[ -n $worker_pid ]] && kill -0 "$worker_pid" 2>/dev/null; then
-    kill -TERM "$worker_pid" 2>/dev/null || true
-    wait "$worker_pid" 2>/dev/null || true
-  fi
-  if [[ $rc -ne 0 && -s $worker_log ]]; then
-    echo "--- worker log ($worker_log) ---" >&2
-    tail -n 20 "$worker_log" >&2
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 ]]; then
+    for f in "$workdir"/*.log; do
+      [[ -s $f ]] || continue
+      echo "--- $(basename "$f") ---" >&2
+      tail -n 10 "$f" >&2
+    done
   fi
   rm -rf "$workdir"
   exit "$rc"
@@ -60,49 +71,115 @@ else
   trap 'exit 130' INT TERM
 fi
 
-# Port 0: the worker picks free ports and prints "listening on HOST:PORT" and "http listening on
-# HOST:PORT" (/metrics, /live, /ready), then, once the model is loaded and warmed up, "serving NAME".
-worker_args=(--model "$model" --address 127.0.0.1:0 --http-address 127.0.0.1:0)
-[[ -n ${THREADS:-} ]] && worker_args+=(--threads "$THREADS")
-if ((serve)); then
-  exec {worker_out}< <(exec "$build/worker/worker" "${worker_args[@]}" 2> >(tee "$worker_log" >&2))
-else
-  exec {worker_out}< <(exec "$build/worker/worker" "${worker_args[@]}" 2>"$worker_log")
-fi
-worker_pid=$!
-line=""
-read -r -t 60 -u "$worker_out" line || true
-if [[ $line != "listening on "* ]]; then
-  log "the worker did not start"
-  exit 1
-fi
-address=${line#listening on }
-read -r -t 60 -u "$worker_out" line || true
-http_address=${line#http listening on }
-log "worker on $address, metrics on http://$http_address/metrics (log: $worker_log)"
+# The rest of the first stdout line of process `name` (pid `pid`) that starts with `prefix`,
+# waiting up to `seconds`; fails early when the process exits.
+wait_line() {
+  local name=$1 pid=$2 prefix=$3 seconds=$4 line
+  local deadline=$((SECONDS + seconds))
+  while ((SECONDS < deadline)); do
+    line=$(grep -m1 "^$prefix" "$workdir/$name.out" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+      printf '%s\n' "${line#"$prefix"}"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited (log: $workdir/$name.log)"
+      return 1
+    fi
+    sleep 0.1
+  done
+  log "$name printed no '$prefix' line within ${seconds}s"
+  return 1
+}
 
+# Two workers on port 0: each prints "listening on HOST:PORT", "http listening on HOST:PORT"
+# (/metrics, /live, /ready), then, once the model is loaded and warmed up, "serving NAME".
+workers=()
+for name in worker1 worker2; do
+  "$build/worker/worker" --model "$model" --address 127.0.0.1:0 --http-address 127.0.0.1:0 \
+    --threads "$threads" >"$workdir/$name.out" 2>"$workdir/$name.log" &
+  pids+=($!)
+  address=$(wait_line "$name" "${pids[-1]}" "listening on " 60)
+  workers+=("$address")
+done
+served=""
+for i in 0 1; do
+  served=$(wait_line "worker$((i + 1))" "${pids[i]}" "serving " 300)
+done
+log "workers on ${workers[0]} and ${workers[1]}, serving $served, $threads thread(s) each"
+
+# The gateway: the model routed over both workers. Free ports, or the well-known ones to serve.
 if ((serve)); then
-  read -r -t 300 -u "$worker_out" line || true
-  if [[ $line != "serving "* ]]; then
-    log "the worker did not become ready"
-    exit 1
-  fi
+  grpc_address=${GRPC_ADDRESS:-127.0.0.1:50051}
+  http_address=${HTTP_ADDRESS:-127.0.0.1:8000}
+else
+  grpc_address=127.0.0.1:0
+  http_address=127.0.0.1:0
+fi
+gateway_args=(--grpc-address "$grpc_address" --http-address "$http_address"
+  --model "$served=${workers[0]},${workers[1]}")
+if ((serve)); then
+  "$build/gateway/gateway" "${gateway_args[@]}" >"$workdir/gateway.out" \
+    2> >(tee "$workdir/gateway.log" >&2) &
+else
+  "$build/gateway/gateway" "${gateway_args[@]}" >"$workdir/gateway.out" 2>"$workdir/gateway.log" &
+fi
+pids+=($!)
+grpc_address=$(wait_line gateway "${pids[-1]}" "grpc listening on " 30)
+http_address=$(wait_line gateway "${pids[-1]}" "http listening on " 30)
+log "gateway: gRPC $grpc_address, HTTP $http_address"
+
+cli="$build/cli/shardserve"
+if ((serve)); then
+  # Both workers are up; give the gateway's first health checks a moment, then show them.
+  deadline=$((SECONDS + 30))
+  until curl -fsS "http://$http_address/ready" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "the gateway never became ready"
+      exit 1
+    fi
+    sleep 0.2
+  done
+  sleep 1
+  "$cli" status --target "$grpc_address" || true
   cat <<EOF
 
-shardserve is serving ${line#serving } on CPU:
-  worker  $address   gRPC: shardserve.worker.v1.Worker, shardserve.chat.v1.Chat, grpc.health.v1.Health
+shardserve is serving $served on CPU through the gateway:
+  gateway  gRPC $grpc_address   shardserve.chat.v1.Chat, shardserve.gateway.v1.Gateway, grpc.health.v1
+           HTTP http://$http_address   /v1/chat/completions, /v1/completions, /v1/models, /metrics, /live, /ready
+  workers  ${workers[0]}, ${workers[1]}   (logs in $workdir)
 
-Try:    $build/cli/shardserve chat --target $address "Hello! Who are you?"
-        $build/cli/shardserve chat --target $address          (interactive)
+Try:    $cli chat --target $grpc_address "Hello! Who are you?"
+        $cli chat --target $grpc_address          (interactive)
+        $cli status --target $grpc_address
+        curl -sN http://$http_address/v1/chat/completions -H 'Content-Type: application/json' \\
+          -d '{"model": "$served", "messages": [{"role": "user", "content": "Hi!"}], "stream": true}'
+        python3 -c 'import openai; print(openai.OpenAI(base_url="http://$http_address/v1", api_key="-").chat.completions.create(model="$served", messages=[{"role": "user", "content": "Hi!"}]).choices[0].message.content)'
 Ctrl-C stops it.
 EOF
-  # Ctrl-C reaches the worker too (same process group): it drains and exits.
-  wait "$worker_pid" || true
-  worker_pid=""
+  wait "${pids[-1]}" || true
   exit 0
 fi
 
-# `--wait`: the CLI waits (grpc.health.v1 Watch) until the worker serves, then asks.
-log "asking: $prompt"
-"$build/cli/shardserve" chat --target "$address" --wait 300 --temperature "${TEMPERATURE:-0}" \
-  --max-tokens "${MAX_TOKENS:-256}" "$prompt"
+# `--wait`: the CLI waits (grpc.health.v1 Watch) until the gateway serves the chat service, then
+# asks; the gateway picks a worker.
+log "asking through the gateway (gRPC, shardserve chat): $prompt"
+"$cli" chat --target "$grpc_address" --wait 300 --temperature "$temperature" \
+  --max-tokens "$max_tokens" "$prompt"
+
+# The same request through the OpenAI-compatible HTTP API, streamed as server-sent events.
+body=$(python3 -c 'import json, sys
+print(json.dumps({"model": sys.argv[1], "messages": [{"role": "user", "content": sys.argv[2]}],
+                  "temperature": float(sys.argv[3]), "max_tokens": int(sys.argv[4]),
+                  "stream": True}))' "$served" "$prompt" "$temperature" "$max_tokens")
+log "the same through the OpenAI API: curl -sN http://$http_address/v1/chat/completions -d '$body'"
+curl -sSN --fail-with-body "http://$http_address/v1/chat/completions" \
+  -H 'Content-Type: application/json' -d "$body" | tee "$workdir/sse.txt" | grep -v '^$'
+log "the text those events carry:"
+python3 -c 'import json, sys
+text = ""
+for line in open(sys.argv[1]):
+    if line.startswith("data: {"):
+        for choice in json.loads(line[6:]).get("choices", []):
+            text += choice.get("delta", {}).get("content") or ""
+print(text)' "$workdir/sse.txt"

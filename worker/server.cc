@@ -1,15 +1,10 @@
 #include "worker/server.h"
 
-#include <pthread.h>
-#include <signal.h>
-
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -20,6 +15,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
+#include "common/stop_signals.h"
 #include "grpcpp/grpcpp.h"
 #include "worker/engine/engine.h"
 #include "worker/engine/model_runner.h"
@@ -143,28 +139,8 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& confi
 }  // namespace
 
 int RunWorker(const WorkerConfig& config, const std::string& version) {
-  // Signals are taken by one thread with sigwait; every other thread (gRPC's, the engine's)
-  // inherits the blocked mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  absl::Notification stop;
-  std::atomic<bool> exiting{false};
-  std::thread signal_thread([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    if (!exiting.load()) {
-      LogJsonLine({{"event", "signal"}, {"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
-    }
-    stop.Notify();
-  });
-  auto end_signal_thread = [&] {
-    exiting.store(true);
-    if (!stop.HasBeenNotified()) pthread_kill(signal_thread.native_handle(), SIGTERM);
-    signal_thread.join();
-  };
+  // Before any other thread starts, so that every thread inherits the blocked signals.
+  StopSignals stop_signals;
 
   // Declared before everything that records into it.
   MetricsRegistry registry;
@@ -189,7 +165,6 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
   if (server == nullptr || port == 0) {
     LogJsonLine({{"event", "error"},
                  {"error", absl::StrCat("address: cannot listen on ", config.address)}});
-    end_signal_thread();
     return 1;
   }
 
@@ -208,7 +183,6 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
           {{"event", "error"}, {"error", absl::StrCat("http_address: ", started.message())}});
       server->Shutdown(std::chrono::system_clock::now());
       server->Wait();
-      end_signal_thread();
       return 1;
     }
   }
@@ -232,7 +206,6 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
     if (http != nullptr) http->Stop();
     server->Shutdown(std::chrono::system_clock::now());
     server->Wait();
-    end_signal_thread();
     return 1;
   }
   services.SetServing(model->get());
@@ -245,7 +218,7 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
                {"quantization", (*model)->info.quantization()},
                {"load_seconds", absl::ToDoubleSeconds(absl::Now() - load_start)}});
 
-  stop.WaitForNotification();
+  stop_signals.received().WaitForNotification();
   services.SetDraining();
   health.Shutdown();  // NOT_SERVING for every service; Watch streams end
   LogJsonLine({{"event", "draining"}, {"drain_seconds", config.drain_seconds}});
@@ -255,7 +228,6 @@ int RunWorker(const WorkerConfig& config, const std::string& version) {
   server.reset();
   if (http != nullptr) http->Stop();  // its handlers read the engine
   model->reset();                     // stops the engine loop
-  end_signal_thread();
   LogJsonLine({{"event", "stopped"}});
   return 0;
 }

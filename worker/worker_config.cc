@@ -13,8 +13,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "common/mapped_file.h"
 #include "common/status_macros.h"
+#include "common/yaml_config.h"
 #include "yaml-cpp/yaml.h"
 
 namespace shardserve {
@@ -190,42 +190,20 @@ absl::Status SetWorkerConfigField(WorkerConfig* config, absl::string_view key,
 
 absl::Status ParseWorkerConfigYaml(absl::string_view yaml, absl::string_view what,
                                    WorkerConfig* config) {
-  // yaml-cpp reports everything by exception; this is the one place they become statuses.
-  try {
-    const YAML::Node root = YAML::Load(std::string(yaml));
-    if (root.IsNull()) return absl::OkStatus();
-    if (!root.IsMap()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": the document must be a mapping of keys to values"));
-    }
-    for (const auto& entry : root) {
-      const std::string where = absl::StrCat(what, ":", entry.first.Mark().line + 1);
-      if (!entry.first.IsScalar()) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": a key is not a scalar"));
-      }
-      const std::string key = entry.first.Scalar();
-      if (!entry.second.IsScalar()) {
-        return FieldError(where, key,
-                          entry.second.IsNull() ? "has no value" : "value is not a scalar");
-      }
-      RETURN_IF_ERROR(SetWorkerConfigField(config, key, entry.second.Scalar(), where));
-    }
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": invalid YAML: ", e.msg));
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": invalid YAML: ", e.what()));
-  }
-  return absl::OkStatus();
+  return ForEachYamlKey(
+      yaml, what,
+      [config](const std::string& key, const YAML::Node& value,
+               const std::string& where) -> absl::Status {
+        if (!value.IsScalar()) {
+          return FieldError(where, key, value.IsNull() ? "has no value" : "value is not a scalar");
+        }
+        return SetWorkerConfigField(config, key, value.Scalar(), where);
+      });
 }
 
 absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config) {
-  absl::StatusOr<std::string> text = ReadFileToString(path);
-  if (!text.ok()) {
-    return absl::NotFoundError(
-        absl::StrCat("config file ", path, ": cannot be read: ", text.status().message()));
-  }
-  return ParseWorkerConfigYaml(*text, path, config);
+  ASSIGN_OR_RETURN(std::string text, ReadConfigFile(path));
+  return ParseWorkerConfigYaml(text, path, config);
 }
 
 absl::Status FinalizeWorkerConfig(WorkerConfig* config) {
