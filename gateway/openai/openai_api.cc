@@ -471,69 +471,41 @@ absl::StatusOr<ParsedRequest> ParseCompletionRequest(absl::string_view body) {
 }
 
 OpenAiError ErrorFromStatus(const absl::Status& status) {
-  OpenAiError e;
-  e.message = std::string(status.message());
+  const std::string message(status.message());
+  auto error = [&message](int http_status, const char* type, std::string param, const char* code) {
+    return OpenAiError{http_status, message, type, std::move(param), code};
+  };
   switch (status.code()) {
     case absl::StatusCode::kInvalidArgument:
-      e.http_status = 400;
-      e.type = "invalid_request_error";
-      e.param = LeadingField(status.message());
-      break;
+      return error(400, "invalid_request_error", LeadingField(message), "");
     case absl::StatusCode::kNotFound:
-      e.http_status = 404;
-      e.type = "invalid_request_error";
-      e.param = "model";
-      e.code = "model_not_found";
-      break;
+      return error(404, "invalid_request_error", "model", "model_not_found");
     case absl::StatusCode::kUnauthenticated:
-      e.http_status = 401;
-      e.type = "invalid_request_error";
-      e.code = "invalid_api_key";
-      break;
+      return error(401, "invalid_request_error", "", "invalid_api_key");
     case absl::StatusCode::kPermissionDenied:
-      e.http_status = 403;
-      e.type = "invalid_request_error";
-      e.code = "permission_denied";
-      break;
+      return error(403, "invalid_request_error", "", "permission_denied");
     case absl::StatusCode::kResourceExhausted:
-      if (absl::StrContains(status.message(), "exceeds the context length") ||
-          absl::StrContains(status.message(), "exceeds the KV cache")) {
-        e.http_status = 400;
-        e.type = "invalid_request_error";
-        e.param = "messages";
-        e.code = "context_length_exceeded";
-      } else {
-        e.http_status = 429;
-        e.type = absl::StrContains(status.message(), "tokens per minute") ? "tokens" : "requests";
-        e.code = "rate_limit_exceeded";
+      // The worker says so when a prompt cannot fit: a client error no retry will fix.
+      if (absl::StrContains(message, "exceeds the context length") ||
+          absl::StrContains(message, "exceeds the KV cache")) {
+        return error(400, "invalid_request_error", "messages", "context_length_exceeded");
       }
-      break;
+      return error(429, absl::StrContains(message, "tokens per minute") ? "tokens" : "requests", "",
+                   "rate_limit_exceeded");
     case absl::StatusCode::kUnavailable:
-      e.http_status = 503;
-      e.type = "server_error";
-      e.code = "service_unavailable";
-      break;
+      return error(503, "server_error", "", "service_unavailable");
     case absl::StatusCode::kDeadlineExceeded:
-      e.http_status = 504;
-      e.type = "server_error";
-      e.code = "timeout";
-      break;
+      return error(504, "server_error", "", "timeout");
     case absl::StatusCode::kCancelled:
-      e.http_status = 499;
-      e.type = "invalid_request_error";
-      e.code = "cancelled";
-      break;
-    case absl::StatusCode::kOk:
-      e.http_status = 500;
-      e.type = "server_error";
-      e.message = "internal error: OK status";
-      break;
+      return error(499, "invalid_request_error", "", "cancelled");
+    case absl::StatusCode::kOk: {
+      OpenAiError internal = error(500, "server_error", "", "");
+      internal.message = "internal error: OK status";
+      return internal;
+    }
     default:
-      e.http_status = 500;
-      e.type = "server_error";
-      break;
+      return error(500, "server_error", "", "");
   }
-  return e;
 }
 
 json ErrorJson(const OpenAiError& error) {

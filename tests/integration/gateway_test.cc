@@ -47,6 +47,7 @@
 #include "shardserve/chat/v1/chat.grpc.pb.h"
 #include "shardserve/gateway/v1/gateway.grpc.pb.h"
 #include "shardserve/worker/v1/worker.grpc.pb.h"
+#include "tests/integration/chat_stream.h"
 #include "tests/integration/subprocess.h"
 #include "worker/text/model_text.h"
 
@@ -54,6 +55,7 @@ namespace shardserve {
 namespace {
 
 namespace chatpb = ::shardserve::chat::v1;
+using testing::StreamResult;
 namespace gatewaypb = ::shardserve::gateway::v1;
 namespace workerpb = ::shardserve::worker::v1;
 using ::shardserve::testing::Process;
@@ -294,36 +296,12 @@ workerpb::StatusResponse WorkerStatus(const WorkerProcess& worker) {
 }
 
 chatpb::ChatRequest Greedy(const std::string& prompt, int max_tokens) {
-  chatpb::ChatRequest r;
-  r.set_model(kModel);
-  chatpb::Message* m = r.add_messages();
-  m->set_role(chatpb::ROLE_USER);
-  m->set_content(prompt);
-  r.mutable_sampling()->set_temperature(0);
-  r.set_max_tokens(max_tokens);
-  return r;
+  return testing::GreedyRequest(kModel, prompt, max_tokens);
 }
 
-struct StreamResult {
-  std::vector<chatpb::ChatChunk> chunks;
-  std::string text;
-  std::vector<int32_t> ids;
-  grpc::Status status;
-};
-
-// Reads a Chat stream to its end. `on_chunk` (may be null) runs after each chunk.
 StreamResult Collect(grpc::ClientReaderInterface<chatpb::ChatChunk>* reader,
                      const std::function<void(const StreamResult&)>& on_chunk = nullptr) {
-  StreamResult result;
-  chatpb::ChatChunk chunk;
-  while (reader->Read(&chunk)) {
-    result.text += chunk.delta();
-    result.ids.insert(result.ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
-    result.chunks.push_back(chunk);
-    if (on_chunk) on_chunk(result);
-  }
-  result.status = reader->Finish();
-  return result;
+  return testing::CollectStream(reader, on_chunk);
 }
 
 StreamResult Chat(const std::shared_ptr<grpc::Channel>& channel,

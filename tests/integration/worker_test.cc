@@ -29,6 +29,7 @@
 #include "nlohmann/json.hpp"
 #include "shardserve/chat/v1/chat.grpc.pb.h"
 #include "shardserve/worker/v1/worker.grpc.pb.h"
+#include "tests/integration/chat_stream.h"
 #include "tests/integration/subprocess.h"
 #include "worker/text/model_text.h"
 
@@ -36,6 +37,7 @@ namespace shardserve {
 namespace {
 
 namespace chatpb = ::shardserve::chat::v1;
+using testing::StreamResult;
 namespace workerpb = ::shardserve::worker::v1;
 namespace healthpb = ::grpc::health::v1;
 using ::shardserve::testing::Process;
@@ -115,34 +117,12 @@ void StartWorker(const std::vector<std::string>& extra_flags, const std::string&
 }
 
 chatpb::ChatRequest Greedy(const std::string& prompt, int max_tokens) {
-  chatpb::ChatRequest r;
-  r.set_model(kModelName);
-  chatpb::Message* m = r.add_messages();
-  m->set_role(chatpb::ROLE_USER);
-  m->set_content(prompt);
-  r.mutable_sampling()->set_temperature(0);
-  r.set_max_tokens(max_tokens);
-  return r;
+  return testing::GreedyRequest(kModelName, prompt, max_tokens);
 }
 
-struct StreamResult {
-  std::vector<chatpb::ChatChunk> chunks;
-  std::string text;
-  std::vector<int32_t> ids;
-  grpc::Status status;
-  const chatpb::ChatChunk* final_chunk() const { return chunks.empty() ? nullptr : &chunks.back(); }
-};
-
-StreamResult Collect(grpc::ClientReaderInterface<chatpb::ChatChunk>* reader) {
-  StreamResult result;
-  chatpb::ChatChunk chunk;
-  while (reader->Read(&chunk)) {
-    result.text += chunk.delta();
-    result.ids.insert(result.ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
-    result.chunks.push_back(chunk);
-  }
-  result.status = reader->Finish();
-  return result;
+StreamResult Collect(grpc::ClientReaderInterface<chatpb::ChatChunk>* reader,
+                     const std::function<void(const StreamResult&)>& on_chunk = nullptr) {
+  return testing::CollectStream(reader, on_chunk);
 }
 
 // The value of one series in Prometheus text ("name{labels} value" lines); 0 when absent (a
