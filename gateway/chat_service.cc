@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <utility>
 
@@ -216,6 +217,27 @@ class GatewayServices::ChatReactor : public grpc::ServerWriteReactor<chatpb::Cha
   std::shared_ptr<State> state_;
 };
 
+namespace {
+
+// A unary call that needs only the caller's key: UNAUTHENTICATED when it is refused, else `fill`
+// writes the response and the call ends OK.
+grpc::ServerUnaryReactor* AuthenticatedUnary(Dispatcher* dispatcher,
+                                             grpc::CallbackServerContext* context,
+                                             const std::function<void()>& fill) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> tenant =
+      dispatcher->Authenticate(ApiKeyFromMetadata(context->client_metadata()));
+  if (!tenant.ok()) {
+    reactor->Finish(ToGrpcStatus(tenant.status()));
+    return reactor;
+  }
+  fill();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace
+
 class GatewayServices::ChatImpl final : public chatpb::Chat::CallbackService {
  public:
   explicit ChatImpl(GatewayServices* services) : services_(services) {}
@@ -230,16 +252,8 @@ class GatewayServices::ChatImpl final : public chatpb::Chat::CallbackService {
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const chatpb::ListModelsRequest* request,
                                        chatpb::ListModelsResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    absl::StatusOr<std::string> tenant =
-        services_->dispatcher_->Authenticate(ApiKeyFromMetadata(context->client_metadata()));
-    if (!tenant.ok()) {
-      reactor->Finish(ToGrpcStatus(tenant.status()));
-      return reactor;
-    }
-    *response = services_->dispatcher_->ListModels();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    return AuthenticatedUnary(services_->dispatcher_, context,
+                              [&] { *response = services_->dispatcher_->ListModels(); });
   }
 
  private:
@@ -253,17 +267,10 @@ class GatewayServices::GatewayImpl final : public gatewaypb::Gateway::CallbackSe
   grpc::ServerUnaryReactor* ClusterStatus(grpc::CallbackServerContext* context,
                                           const gatewaypb::ClusterStatusRequest* request,
                                           gatewaypb::ClusterStatusResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    absl::StatusOr<std::string> tenant =
-        services_->dispatcher_->Authenticate(ApiKeyFromMetadata(context->client_metadata()));
-    if (!tenant.ok()) {
-      reactor->Finish(ToGrpcStatus(tenant.status()));
-      return reactor;
-    }
-    *response = services_->dispatcher_->ClusterStatus();
-    response->set_version(services_->options_.version);
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    return AuthenticatedUnary(services_->dispatcher_, context, [&] {
+      *response = services_->dispatcher_->ClusterStatus();
+      response->set_version(services_->options_.version);
+    });
   }
 
  private:
