@@ -56,8 +56,9 @@ grpc::Status WaitUntilServing(const std::shared_ptr<grpc::Channel>& channel, dou
 
 // Streams one reply to stdout; returns the reply's text through `reply`.
 grpc::Status StreamReply(chatpb::Chat::Stub& stub, const chatpb::ChatRequest& request,
-                         std::string* reply) {
+                         const std::string& api_key, std::string* reply) {
   grpc::ClientContext context;
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
   std::unique_ptr<grpc::ClientReader<chatpb::ChatChunk>> reader = stub.Chat(&context, request);
   chatpb::ChatChunk chunk;
   chatpb::ChatChunk last;
@@ -97,6 +98,7 @@ int RunChat(const ChatOptions& options) {
   if (model.empty()) {
     grpc::ClientContext context;
     context.set_deadline(After(30));
+    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
     chatpb::ListModelsResponse models;
     grpc::Status status = stub.ListModels(&context, chatpb::ListModelsRequest(), &models);
     if (!status.ok()) return PrintError("ListModels on " + options.target, status);
@@ -123,7 +125,7 @@ int RunChat(const ChatOptions& options) {
     m->set_role(chatpb::ROLE_USER);
     m->set_content(prompt);
     std::string reply;
-    grpc::Status status = StreamReply(stub, request, &reply);
+    grpc::Status status = StreamReply(stub, request, options.api_key, &reply);
     if (!status.ok()) {
       PrintError("Chat on " + options.target, status);
       return false;

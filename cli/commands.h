@@ -43,6 +43,7 @@ struct ChatOptions {
   float temperature = -1;   // < 0: the server's default
   int64_t seed = -1;        // < 0: unseeded
   double wait_seconds = 0;  // > 0: first wait this long for the target's health to be SERVING
+  std::string api_key;      // sent as `authorization: Bearer KEY` when set (a keyed gateway)
 };
 // Streams the reply (shardserve.chat.v1.Chat) to stdout; token counts and speed go to stderr.
 // Errors print the gRPC code and message on stderr and return 1.
@@ -52,6 +53,7 @@ struct StatusOptions {
   std::string target;           // host:port of the gateway or a worker
   bool json = false;            // the response as JSON instead of tables
   double timeout_seconds = 10;  // per RPC
+  std::string api_key;          // sent as `authorization: Bearer KEY` when set
 };
 // Prints what the target knows about the cluster. A gateway (Gateway.ClusterStatus): each model
 // (context length, quantization, ready replicas, queued requests) and a table of its workers

@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
   chat_cmd->add_option("--seed", chat.seed, "Random seed");
   chat_cmd->add_option("--wait", chat.wait_seconds,
                        "Wait up to this many seconds for the target to report SERVING");
+  chat_cmd
+      ->add_option("--api-key", chat.api_key,
+                   "API key for a gateway that requires one (or $SHARDSERVE_API_KEY)")
+      ->envname("SHARDSERVE_API_KEY");
   chat_cmd->add_option("prompt", chat.prompt, "The question (omit for an interactive chat)");
 
   cli::StatusOptions status;
@@ -68,6 +72,10 @@ int main(int argc, char** argv) {
   status_cmd->add_option("--target", status.target, "host:port of the gateway or a worker")
       ->required();
   status_cmd->add_flag("--json", status.json, "Print the status as JSON");
+  status_cmd
+      ->add_option("--api-key", status.api_key,
+                   "API key for a gateway that requires one (or $SHARDSERVE_API_KEY)")
+      ->envname("SHARDSERVE_API_KEY");
   status_cmd->add_option("--timeout", status.timeout_seconds, "Seconds to wait for each answer")
       ->capture_default_str();
 

@@ -167,6 +167,7 @@ int RunStatus(const StatusOptions& options) {
   {
     grpc::ClientContext context;
     context.set_deadline(After(options.timeout_seconds));
+    if (!options.api_key.empty()) context.AddMetadata("authorization", "Bearer " + options.api_key);
     status = gateway.ClusterStatus(&context, gatewaypb::ClusterStatusRequest(), &cluster);
   }
   if (status.ok()) {

@@ -511,6 +511,21 @@ TEST_F(GatewayTest, CliChatAndStatusWorkAgainstTheGateway) {
   std::printf("shardserve status --target GATEWAY:\n%s", status.out.c_str());
 }
 
+TEST_F(GatewayTest, CliSendsTheApiKeyToAKeyedGateway) {
+  RunResult refused = RunProgram({Cli(), "chat", "--target", keyed_->grpc_address, "--model",
+                                  kModel, "--max-tokens", "4", "--temperature", "0", "hi"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err, HasSubstr("UNAUTHENTICATED"));
+  RunResult chat = RunProgram({Cli(), "chat", "--target", keyed_->grpc_address, "--api-key",
+                               kApiKey, "--max-tokens", "4", "--temperature", "0", "hi"});
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_FALSE(chat.out.empty());
+  RunResult status =
+      RunProgram({Cli(), "status", "--target", keyed_->grpc_address, "--api-key", kApiKey});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr(kModel));
+}
+
 TEST_F(GatewayTest, OpenAiClientPassesEveryCase) {
   RunResult r = RunProgram(
       {FindOnPath("python3"), "tests/integration/openai_client_test.py", "--base-url",
