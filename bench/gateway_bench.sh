@@ -23,76 +23,34 @@ if [[ ! -f $build/build.ninja ]]; then
 fi
 cmake --build "$build" --target worker gateway gateway_bench -j "${JOBS:-$(nproc)}" >&2
 
-workdir=$(mktemp -d)
-pids=()
-cleanup() {
-  local rc=$?
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ $rc -ne 0 ]]; then
-    for f in "$workdir"/*.log; do
-      [[ -s $f ]] || continue
-      echo "--- $(basename "$f") ---" >&2
-      tail -n 5 "$f" >&2
-    done
-  fi
-  rm -rf "$workdir"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# The rest of the first line of `file` that starts with `prefix`, waiting up to `seconds`.
-wait_line() {
-  local file=$1 prefix=$2 seconds=$3 line
-  local deadline=$((SECONDS + seconds))
-  while ((SECONDS < deadline)); do
-    line=$(grep -m1 "^$prefix" "$file" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    sleep 0.1
-  done
-  log "no '$prefix' line from $(basename "$file" .out) within ${seconds}s"
-  return 1
-}
+source scripts/lib/processes.sh  # start_process, wait_line, wait_ready; all stopped on exit
+trap_exit 130
 
 # Workers on port 0, no HTTP side (its default port would clash between the two).
 for name in worker1 worker2; do
-  "$build/worker/worker" --model "$model" --address 127.0.0.1:0 --http-address "" \
-    --threads "$threads" >"$workdir/$name.out" 2>"$workdir/$name.log" &
-  pids+=($!)
+  start_process "$name" "$build/worker/worker" --model "$model" --address 127.0.0.1:0 \
+    --http-address "" --threads "$threads"
 done
-worker1=$(wait_line "$workdir/worker1.out" "listening on " 60)
-worker2=$(wait_line "$workdir/worker2.out" "listening on " 60)
-served=$(wait_line "$workdir/worker1.out" "serving " 300)
-wait_line "$workdir/worker2.out" "serving " 300 >/dev/null
+worker1=$(wait_line worker1 "listening on " 60)
+worker2=$(wait_line worker2 "listening on " 60)
+served=$(wait_line worker1 "serving " 300)
+wait_line worker2 "serving " 300 >/dev/null
 log "workers: $worker1 $worker2 serving $served"
 
 start_gateway() {
   local name=$1 endpoints=$2
-  "$build/gateway/gateway" --grpc-address 127.0.0.1:0 --http-address 127.0.0.1:0 \
-    --model "$served=$endpoints" --health-interval-seconds 0.2 --status-interval-seconds 0.1 \
-    >"$workdir/$name.out" 2>"$workdir/$name.log" &
-  pids+=($!)
+  start_process "$name" "$build/gateway/gateway" --grpc-address 127.0.0.1:0 \
+    --http-address 127.0.0.1:0 --model "$served=$endpoints" --health-interval-seconds 0.2 \
+    --status-interval-seconds 0.1
 }
 start_gateway gateway_a "$worker1"
-gateway_a_pid=${pids[-1]}
+gateway_a_pid=$last_pid
 start_gateway gateway_b "$worker1,$worker2"
-gateway_b_pid=${pids[-1]}
-gateway_a=$(wait_line "$workdir/gateway_a.out" "grpc listening on " 30)
-gateway_b=$(wait_line "$workdir/gateway_b.out" "grpc listening on " 30)
+gateway_b_pid=$last_pid
+gateway_a=$(wait_line gateway_a "grpc listening on " 30)
+gateway_b=$(wait_line gateway_b "grpc listening on " 30)
 for name in gateway_a gateway_b; do
-  http=$(wait_line "$workdir/$name.out" "http listening on " 30)
-  deadline=$((SECONDS + 30))
-  until curl -fsS "http://$http/ready" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "$name never became ready"
-      exit 1
-    fi
-    sleep 0.1
-  done
+  wait_ready "$(wait_line "$name" "http listening on " 30)" 30
 done
 sleep 1  # a few health rounds (0.2 s each): gateway B sees both workers, not just one
 log "gateway A $gateway_a -> $worker1; gateway B $gateway_b -> $worker1, $worker2"

@@ -45,66 +45,25 @@ log "building the worker, the gateway and the CLI (Release, Ninja) in $build/"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" --target worker gateway shardserve -j "${JOBS:-$(nproc)}" >&2
 
-workdir=$(mktemp -d)
-pids=()  # gateway last: stopped first
-cleanup() {
-  local rc=$?
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 ]]; then
-    for f in "$workdir"/*.log; do
-      [[ -s $f ]] || continue
-      echo "--- $(basename "$f") ---" >&2
-      tail -n 10 "$f" >&2
-    done
-  fi
-  rm -rf "$workdir"
-  exit "$rc"
-}
-trap cleanup EXIT
+source scripts/lib/processes.sh  # start_process, wait_line, wait_ready; all stopped on exit
 if ((serve)); then
-  trap 'exit 0' INT TERM  # Ctrl-C is how --serve ends
+  trap_exit 0  # Ctrl-C is how --serve ends
 else
-  trap 'exit 130' INT TERM
+  trap_exit 130
 fi
-
-# The rest of the first stdout line of process `name` (pid `pid`) that starts with `prefix`,
-# waiting up to `seconds`; fails early when the process exits.
-wait_line() {
-  local name=$1 pid=$2 prefix=$3 seconds=$4 line
-  local deadline=$((SECONDS + seconds))
-  while ((SECONDS < deadline)); do
-    line=$(grep -m1 "^$prefix" "$workdir/$name.out" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      printf '%s\n' "${line#"$prefix"}"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited (log: $workdir/$name.log)"
-      return 1
-    fi
-    sleep 0.1
-  done
-  log "$name printed no '$prefix' line within ${seconds}s"
-  return 1
-}
 
 # Two workers on port 0: each prints "listening on HOST:PORT", "http listening on HOST:PORT"
 # (/metrics, /live, /ready), then, once the model is loaded and warmed up, "serving NAME".
 workers=()
 for name in worker1 worker2; do
-  "$build/worker/worker" --model "$model" --address 127.0.0.1:0 --http-address 127.0.0.1:0 \
-    --threads "$threads" >"$workdir/$name.out" 2>"$workdir/$name.log" &
-  pids+=($!)
-  address=$(wait_line "$name" "${pids[-1]}" "listening on " 60)
+  start_process "$name" "$build/worker/worker" --model "$model" --address 127.0.0.1:0 \
+    --http-address 127.0.0.1:0 --threads "$threads"
+  address=$(wait_line "$name" "listening on " 60)
   workers+=("$address")
 done
 served=""
-for i in 0 1; do
-  served=$(wait_line "worker$((i + 1))" "${pids[i]}" "serving " 300)
+for name in worker1 worker2; do
+  served=$(wait_line "$name" "serving " 300)
 done
 log "workers on ${workers[0]} and ${workers[1]}, serving $served, $threads thread(s) each"
 
@@ -119,27 +78,19 @@ fi
 gateway_args=(--grpc-address "$grpc_address" --http-address "$http_address"
   --model "$served=${workers[0]},${workers[1]}")
 if ((serve)); then
-  "$build/gateway/gateway" "${gateway_args[@]}" >"$workdir/gateway.out" \
-    2> >(tee "$workdir/gateway.log" >&2) &
+  start_process --tee gateway "$build/gateway/gateway" "${gateway_args[@]}"
 else
-  "$build/gateway/gateway" "${gateway_args[@]}" >"$workdir/gateway.out" 2>"$workdir/gateway.log" &
+  start_process gateway "$build/gateway/gateway" "${gateway_args[@]}"
 fi
-pids+=($!)
-grpc_address=$(wait_line gateway "${pids[-1]}" "grpc listening on " 30)
-http_address=$(wait_line gateway "${pids[-1]}" "http listening on " 30)
+gateway_pid=$last_pid
+grpc_address=$(wait_line gateway "grpc listening on " 30)
+http_address=$(wait_line gateway "http listening on " 30)
 log "gateway: gRPC $grpc_address, HTTP $http_address"
 
 cli="$build/cli/shardserve"
 if ((serve)); then
   # Both workers are up; give the gateway's first health checks a moment, then show them.
-  deadline=$((SECONDS + 30))
-  until curl -fsS "http://$http_address/ready" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-      log "the gateway never became ready"
-      exit 1
-    fi
-    sleep 0.2
-  done
+  wait_ready "$http_address" 30
   sleep 1
   "$cli" status --target "$grpc_address" || true
   cat <<EOF
@@ -157,7 +108,7 @@ Try:    $cli chat --target $grpc_address "Hello! Who are you?"
         python3 -c 'import openai; print(openai.OpenAI(base_url="http://$http_address/v1", api_key="-").chat.completions.create(model="$served", messages=[{"role": "user", "content": "Hi!"}]).choices[0].message.content)'
 Ctrl-C stops it.
 EOF
-  wait "${pids[-1]}" || true
+  wait "$gateway_pid" || true
   exit 0
 fi
 
