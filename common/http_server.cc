@@ -172,16 +172,19 @@ void AddProbeRoutes(HttpServer* server, const MetricsRegistry* registry,
   server->server().Get("/live", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain; charset=utf-8");
   });
-  server->server().Get("/ready", [ready](const httplib::Request&, httplib::Response& res) {
-    absl::Status status = ready ? ready() : absl::OkStatus();
-    if (status.ok()) {
-      res.set_content("ready\n", "text/plain; charset=utf-8");
-    } else {
-      res.status = 503;
-      res.set_content(absl::StrCat("not ready: ", status.message(), "\n"),
-                      "text/plain; charset=utf-8");
-    }
-  });
+  // /health is /ready under the name vLLM and TGI use, for probes and tools written for them.
+  for (const char* path : {"/ready", "/health"}) {
+    server->server().Get(path, [ready](const httplib::Request&, httplib::Response& res) {
+      absl::Status status = ready ? ready() : absl::OkStatus();
+      if (status.ok()) {
+        res.set_content("ready\n", "text/plain; charset=utf-8");
+      } else {
+        res.status = 503;
+        res.set_content(absl::StrCat("not ready: ", status.message(), "\n"),
+                        "text/plain; charset=utf-8");
+      }
+    });
+  }
 }
 
 }  // namespace shardserve

@@ -68,7 +68,8 @@ absl::Status SplitHostPort(const std::string& address, std::string* host, int* p
 //   GET /metrics  registry->Render() as text/plain; version=0.0.4 (on_scrape runs first, to set
 //                 gauges that are read rather than pushed; may be null);
 //   GET /live     200 "ok" while the process serves HTTP at all;
-//   GET /ready    200 "ready" when ready() is OK, else 503 with its message.
+//   GET /ready    200 "ready" when ready() is OK, else 503 with its message;
+//   GET /health   the same as /ready (the name vLLM and TGI use).
 void AddProbeRoutes(HttpServer* server, const MetricsRegistry* registry,
                     std::function<void()> on_scrape, std::function<absl::Status()> ready);
 

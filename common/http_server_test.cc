@@ -48,7 +48,13 @@ TEST(HttpServerTest, ServesProbesAndMetrics) {
   ASSERT_TRUE(not_ready);
   EXPECT_EQ(not_ready->status, 503);
   EXPECT_THAT(not_ready->body, HasSubstr("no healthy worker"));
+  auto not_healthy = client.Get("/health");
+  ASSERT_TRUE(not_healthy);
+  EXPECT_EQ(not_healthy->status, 503);
   ready = true;
+  auto healthy = client.Get("/health");
+  ASSERT_TRUE(healthy);
+  EXPECT_EQ(healthy->status, 200);
   auto is_ready = client.Get("/ready");
   ASSERT_TRUE(is_ready);
   EXPECT_EQ(is_ready->status, 200);
