@@ -2,9 +2,7 @@
 
 #include <chrono>
 #include <cmath>
-#include <deque>
 #include <functional>
-#include <optional>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -16,6 +14,7 @@
 #include "shardserve/chat/v1/chat.grpc.pb.h"
 #include "shardserve/gateway/v1/gateway.grpc.pb.h"
 #include "worker/rpc/chat_validation.h"
+#include "worker/rpc/chunk_writer.h"
 
 namespace shardserve {
 
@@ -61,16 +60,27 @@ int RetryAfterSeconds(absl::Duration retry_after) {
 }
 
 // One Chat stream. The dispatcher's callbacks (gRPC client threads), OnWriteDone and OnCancel
-// all go through State::Pump, which lets one thread at a time drive the stream (start the next
-// write, or Finish once everything queued is written), as the worker's GenerateReactor does.
-// After Finish the reactor may be deleted (OnDone), so what the callbacks touch lives in a
-// shared State and the reactor pointer is used only by the driving thread before finishing.
+// write through a ChunkWriter (worker/rpc/chunk_writer.h), as the worker's reactor does. After
+// the stream finishes the reactor may be deleted (OnDone), so what the callbacks and Start touch
+// afterwards (the writer, the running call) is shared, never the reactor.
 class GatewayServices::ChatReactor : public grpc::ServerWriteReactor<chatpb::ChatChunk> {
  public:
   ChatReactor(GatewayServices* services, grpc::CallbackServerContext* context)
-      : services_(services), context_(context), state_(std::make_shared<State>()) {
-    state_->reactor = this;
-    state_->retry_after = services_->options_.retry_after;
+      : services_(services), context_(context), link_(std::make_shared<Link>()) {
+    link_->retry_after = services_->options_.retry_after;
+    ChunkWriter::Hooks hooks;
+    // A refused request's Retry-After travels as trailing metadata (the reactor lives until
+    // Finish, which follows this hook).
+    hooks.before_finish = [this, link = link_](const grpc::Status& status) {
+      if (!CarriesRetryAfter(status.error_code())) return;
+      absl::Duration retry_after;
+      {
+        absl::MutexLock lock(&link->mu);
+        retry_after = link->retry_after;
+      }
+      context_->AddTrailingMetadata("retry-after", std::to_string(RetryAfterSeconds(retry_after)));
+    };
+    writer_ = std::make_shared<ChunkWriter>(this, std::move(hooks));
   }
 
   void Start(const chatpb::ChatRequest& request) {
@@ -79,142 +89,67 @@ class GatewayServices::ChatReactor : public grpc::ServerWriteReactor<chatpb::Cha
     dispatch.api_key = ApiKeyFromMetadata(context_->client_metadata());
     dispatch.deadline = DeadlineOf(context_);
     dispatch.front = "grpc";
-    std::shared_ptr<State> state = state_;
+    std::shared_ptr<ChunkWriter> writer = writer_;
+    std::shared_ptr<Link> link = link_;
     ChatCallbacks callbacks;
-    callbacks.on_chunk = [state](chatpb::ChatChunk chunk) { state->Push(std::move(chunk)); };
-    callbacks.on_done = [state](absl::Status status) { state->Done(status); };
+    callbacks.on_chunk = [writer](chatpb::ChatChunk chunk) { writer->Push(std::move(chunk)); };
+    callbacks.on_done = [writer](absl::Status status) { writer->Finish(ToGrpcStatus(status)); };
     absl::Duration retry_after = absl::ZeroDuration();
     absl::StatusOr<std::shared_ptr<ChatCall>> call =
         services_->dispatcher_->Start(std::move(dispatch), std::move(callbacks), &retry_after);
+    // From here on only the shared parts: the stream may already have finished.
     if (!call.ok()) {
-      {
-        absl::MutexLock lock(&state->mu);
-        if (retry_after > absl::ZeroDuration()) state->retry_after = retry_after;
-        state->finish_status = ToGrpcStatus(call.status());
+      if (retry_after > absl::ZeroDuration()) {
+        absl::MutexLock lock(&link->mu);
+        link->retry_after = retry_after;
       }
-      state->Pump();
+      writer->Finish(ToGrpcStatus(call.status()));
       return;
     }
     bool cancel;
     {
-      absl::MutexLock lock(&state->mu);
-      state->call = *call;
-      cancel = state->broken;  // the client left before Start returned
+      absl::MutexLock lock(&link->mu);
+      link->call = *call;
+      cancel = link->client_gone;  // the client left before Start returned
     }
     if (cancel) (*call)->Cancel();
   }
 
   void OnWriteDone(bool ok) override {
-    std::shared_ptr<ChatCall> call;
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->writing = false;
-      if (!ok) {
-        state_->BreakLocked(
-            grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading the stream"));
-        call = state_->call;
-      }
-    }
-    if (call != nullptr) call->Cancel();
-    state_->Pump();
+    if (!writer_->WriteDone(ok)) CancelCall();
   }
 
   void OnCancel() override {
-    std::shared_ptr<ChatCall> call;
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->BreakLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
-      call = state_->call;
-    }
-    if (call != nullptr) call->Cancel();
-    state_->Pump();
+    writer_->Break(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
+    CancelCall();
+    writer_->Pump();
   }
 
   void OnDone() override { delete this; }
 
  private:
-  struct State {
+  // What outlives the reactor: the running call, and the Retry-After of a refusal.
+  struct Link {
     absl::Mutex mu;
-    ChatReactor* reactor = nullptr;  // alive until finished (see the class comment)
     std::shared_ptr<ChatCall> call ABSL_GUARDED_BY(mu);
-    std::deque<chatpb::ChatChunk> pending ABSL_GUARDED_BY(mu);
-    std::optional<grpc::Status> finish_status ABSL_GUARDED_BY(mu);
+    bool client_gone ABSL_GUARDED_BY(mu) = false;
     absl::Duration retry_after ABSL_GUARDED_BY(mu);
-    bool writing ABSL_GUARDED_BY(mu) = false;
-    bool finished ABSL_GUARDED_BY(mu) = false;
-    bool broken ABSL_GUARDED_BY(mu) = false;  // cancelled or a write failed: write no more
-    chatpb::ChatChunk current;                // the chunk being written (driving thread's)
-
-    void Push(chatpb::ChatChunk chunk) {
-      {
-        absl::MutexLock lock(&mu);
-        if (finished || broken) return;
-        if (!pending.empty() && pending.back().index() == chunk.index()) {
-          MergeChatChunk(&pending.back(), std::move(chunk));
-        } else {
-          pending.push_back(std::move(chunk));
-        }
-      }
-      Pump();
-    }
-
-    void Done(const absl::Status& status) {
-      {
-        absl::MutexLock lock(&mu);
-        if (!finish_status.has_value()) finish_status = ToGrpcStatus(status);
-      }
-      Pump();
-    }
-
-    void BreakLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-      broken = true;
-      pending.clear();
-      if (!finish_status.has_value()) finish_status = std::move(status);
-    }
-
-    // Starts the next write or finishes, unless another thread is driving the stream.
-    void Pump() {
-      ChatReactor* r = nullptr;
-      bool write = false, last = false;
-      grpc::Status status;
-      int retry_seconds = 0;
-      {
-        absl::MutexLock lock(&mu);
-        if (writing || finished) return;
-        r = reactor;
-        if (!pending.empty() && !broken) {
-          current = std::move(pending.front());
-          pending.pop_front();
-          writing = true;
-          write = true;
-          last = pending.empty() && finish_status.has_value() && finish_status->ok();
-          if (last) finished = true;  // written together with the OK status
-          status = last ? *finish_status : grpc::Status::OK;
-        } else if (finish_status.has_value()) {
-          finished = true;
-          status = *finish_status;
-          if (CarriesRetryAfter(status.error_code()))
-            retry_seconds = RetryAfterSeconds(retry_after);
-        } else {
-          return;
-        }
-      }
-      if (write && last) {
-        r->StartWriteAndFinish(&current, grpc::WriteOptions(), status);
-      } else if (write) {
-        r->StartWrite(&current);
-      } else {
-        if (retry_seconds > 0) {
-          r->context_->AddTrailingMetadata("retry-after", std::to_string(retry_seconds));
-        }
-        r->Finish(status);
-      }
-    }
   };
+
+  void CancelCall() {
+    std::shared_ptr<ChatCall> call;
+    {
+      absl::MutexLock lock(&link_->mu);
+      link_->client_gone = true;
+      call = link_->call;
+    }
+    if (call != nullptr) call->Cancel();
+  }
 
   GatewayServices* const services_;
   grpc::CallbackServerContext* const context_;
-  std::shared_ptr<State> state_;
+  std::shared_ptr<Link> link_;
+  std::shared_ptr<ChunkWriter> writer_;
 };
 
 namespace {

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "worker/rpc/chat_conversion.h"
+#include "worker/rpc/chunk_writer.h"
 
 namespace shardserve {
 
@@ -18,19 +19,19 @@ namespace chatpb = ::shardserve::chat::v1;
 namespace workerpb = ::shardserve::worker::v1;
 
 // One Chat / Generate stream. The engine's callback (engine thread), OnWriteDone and OnCancel
-// (gRPC threads) all go through Pump(), which lets exactly one thread at a time drive the
-// stream: start the next write, or Finish once everything queued is written. `writing_`
-// marks that a thread holds that role (a write in flight counts), `finished_` that Finish was
-// called; after that the reactor may be deleted (OnDone), so the state the engine callback
-// touches lives in a shared_ptr and the callback never uses the reactor once finished_.
+// (gRPC threads) write through a ChunkWriter (chunk_writer.h), which the engine callback holds
+// by shared_ptr: once the stream has finished the reactor may be deleted, the writer not.
 class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::ChatChunk> {
  public:
   GenerateReactor(WorkerServices* services, std::string request_id, std::string tenant)
-      : services_(services),
-        state_(std::make_shared<State>()),
-        request_id_(std::move(request_id)),
-        tenant_(std::move(tenant)) {
-    state_->reactor = this;
+      : services_(services), request_id_(std::move(request_id)), tenant_(std::move(tenant)) {
+    ChunkWriter::Hooks hooks;
+    // The first chunk names the request and the model (the reactor lives until Finish).
+    hooks.before_first_write = [this](chatpb::ChatChunk* chunk) {
+      chunk->set_request_id(request_id_);
+      chunk->set_model(model_name_);
+    };
+    writer_ = std::make_shared<ChunkWriter>(this, std::move(hooks));
   }
 
   // Validates and submits; on error the stream finishes with it at once.
@@ -64,13 +65,13 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
     generation->id = engine_id_;
     engine_ = model->engine.get();
 
-    std::shared_ptr<State> state = state_;
+    std::shared_ptr<ChunkWriter> writer = writer_;
     const Tokenizer* tokenizer = model->text.tokenizer.get();
     const std::string log_model = model_name_, log_id = request_id_, log_tenant = tenant_;
     WorkerServices* services = services_;
     absl::Status submitted = engine_->Submit(
-        *std::move(generation), [state, tokenizer, arrival, log_model, log_id, log_tenant, services,
-                                 first_token = true](GenerationOutput output) mutable {
+        *std::move(generation), [writer, tokenizer, arrival, log_model, log_id, log_tenant,
+                                 services, first_token = true](GenerationOutput output) mutable {
           const RequestMetrics& metrics = services->metrics_;
           if (first_token && !output.token_ids.empty()) {
             first_token = false;
@@ -109,7 +110,7 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
             if (!output.error.ok()) line["error"] = std::string(output.error.message());
             LogJsonLine(line);
           }
-          state->Push(std::move(chunk), std::move(final_status));
+          writer->Push(std::move(chunk), std::move(final_status));
         });
     if (!submitted.ok()) {
       engine_ = nullptr;
@@ -118,100 +119,18 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
   }
 
   void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->writing = false;
-      if (!ok)
-        state_->BreakLocked(
-            grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading the stream"));
-    }
-    if (!ok) CancelInEngine();
-    state_->Pump();
+    if (!writer_->WriteDone(ok)) CancelInEngine();
   }
 
   void OnCancel() override {
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->BreakLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
-    }
+    writer_->Break(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"));
     CancelInEngine();
-    state_->Pump();
+    writer_->Pump();
   }
 
   void OnDone() override { delete this; }
 
  private:
-  struct State {
-    absl::Mutex mu;
-    GenerateReactor* reactor = nullptr;  // alive until finished (see the class comment)
-    std::optional<chatpb::ChatChunk> pending ABSL_GUARDED_BY(mu);
-    std::optional<grpc::Status> finish_status ABSL_GUARDED_BY(mu);
-    bool writing ABSL_GUARDED_BY(mu) = false;
-    bool finished ABSL_GUARDED_BY(mu) = false;
-    bool broken ABSL_GUARDED_BY(mu) = false;  // cancelled or a write failed: write no more
-    bool first_written ABSL_GUARDED_BY(mu) = false;
-    chatpb::ChatChunk current;  // the chunk being written (owned by the driving thread)
-
-    // From the engine thread: queue (coalescing) and, with the last output, the final status.
-    void Push(chatpb::ChatChunk chunk, std::optional<grpc::Status> final_status) {
-      {
-        absl::MutexLock lock(&mu);
-        if (finished || broken) return;
-        if (pending.has_value()) {
-          MergeChatChunk(&*pending, std::move(chunk));
-        } else {
-          pending = std::move(chunk);
-        }
-        if (final_status.has_value() && !finish_status.has_value()) finish_status = final_status;
-      }
-      Pump();
-    }
-
-    void BreakLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-      broken = true;
-      pending.reset();
-      if (!finish_status.has_value()) finish_status = std::move(status);
-    }
-
-    // Starts the next write or finishes, unless another thread is driving the stream.
-    void Pump() {
-      GenerateReactor* r = nullptr;
-      bool write = false, last = false;
-      grpc::Status status;
-      {
-        absl::MutexLock lock(&mu);
-        if (writing || finished) return;
-        r = reactor;
-        if (pending.has_value() && !broken) {
-          current = std::move(*pending);
-          pending.reset();
-          if (!first_written) {
-            current.set_request_id(r->request_id_);
-            current.set_model(r->model_name_);
-            first_written = true;
-          }
-          writing = true;
-          write = true;
-          last = finish_status.has_value() && finish_status->ok();
-          if (last) finished = true;  // written together with the OK status
-          status = last ? *finish_status : grpc::Status::OK;
-        } else if (finish_status.has_value()) {
-          finished = true;
-          status = *finish_status;
-        } else {
-          return;
-        }
-      }
-      if (write && last) {
-        r->StartWriteAndFinish(&current, grpc::WriteOptions(), status);
-      } else if (write) {
-        r->StartWrite(&current);
-      } else {
-        r->Finish(status);
-      }
-    }
-  };
-
   static grpc::Status FinalStatus(const GenerationOutput& output, bool draining) {
     switch (output.finish) {
       case FinishReason::kStop:
@@ -239,11 +158,7 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
     if (!tenant_.empty()) line["tenant"] = tenant_;
     LogJsonLine(line);
     services_->CountRequest(static_cast<grpc::StatusCode>(status.code()));
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->finish_status = ToGrpcStatus(status);
-    }
-    state_->Pump();
+    writer_->Finish(ToGrpcStatus(status));
   }
 
   void CancelInEngine() {
@@ -251,12 +166,12 @@ class WorkerServices::GenerateReactor : public grpc::ServerWriteReactor<chatpb::
   }
 
   WorkerServices* const services_;
-  std::shared_ptr<State> state_;
   const std::string request_id_;
   const std::string tenant_;
   std::string model_name_;
   std::string engine_id_;
   Engine* engine_ = nullptr;  // set once submitted; outlives every stream (see the header)
+  std::shared_ptr<ChunkWriter> writer_;
 };
 
 class WorkerServices::WorkerImpl final : public workerpb::Worker::CallbackService {
