@@ -75,24 +75,6 @@ void SetTimeout(absl::Duration d, const std::function<void(time_t, time_t)>& set
 
 }  // namespace
 
-absl::Status SplitHostPort(const std::string& address, std::string* host, int* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address '", address, "': expected host:port (e.g. 127.0.0.1:8000)"));
-  }
-  std::string h = address.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  int p = 0;
-  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 0 || p > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address '", address, "': port is not a number in [0, 65535]"));
-  }
-  *host = std::move(h);
-  *port = p;
-  return absl::OkStatus();
-}
-
 HttpServer::HttpServer(HttpServerOptions options)
     : options_(options), server_(std::make_unique<httplib::Server>()) {
   const int threads = options_.threads;
@@ -151,10 +133,7 @@ absl::Status HttpServer::Start(const std::string& address) {
   return absl::OkStatus();
 }
 
-std::string HttpServer::address() const {
-  if (host_.find(':') != std::string::npos) return absl::StrCat("[", host_, "]:", port_);
-  return absl::StrCat(host_, ":", port_);
-}
+std::string HttpServer::address() const { return JoinHostPort(host_, port_); }
 
 void HttpServer::Stop() {
   if (!loop_.joinable()) return;

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/host_port.h"
 #include "common/metrics.h"
 #include "httplib.h"
 
@@ -60,9 +61,6 @@ class HttpServer {
   int port_ = 0;
   int listen_fd_ = -1;  // set by the socket-options hook when the server binds
 };
-
-// Splits "host:port" (IPv6 hosts in brackets). INVALID_ARGUMENT naming `address` otherwise.
-absl::Status SplitHostPort(const std::string& address, std::string* host, int* port);
 
 // The probe and metrics routes every service serves:
 //   GET /metrics  registry->Render() as text/plain; version=0.0.4 (on_scrape runs first, to set

@@ -11,22 +11,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-TEST(SplitHostPortTest, ParsesAndRejects) {
-  std::string host;
-  int port = -1;
-  ASSERT_TRUE(SplitHostPort("127.0.0.1:8000", &host, &port).ok());
-  EXPECT_EQ(host, "127.0.0.1");
-  EXPECT_EQ(port, 8000);
-  ASSERT_TRUE(SplitHostPort("[::1]:0", &host, &port).ok());
-  EXPECT_EQ(host, "::1");
-  EXPECT_EQ(port, 0);
-  absl::Status s = SplitHostPort("localhost", &host, &port);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("expected host:port"));
-  s = SplitHostPort("localhost:99999", &host, &port);
-  EXPECT_THAT(s.message(), HasSubstr("port is not a number"));
-}
-
 TEST(HttpServerTest, ServesProbesAndMetrics) {
   MetricsRegistry registry;
   registry.Counter("shardserve_test_total", "A test counter.")->Add({}, 3);

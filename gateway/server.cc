@@ -29,12 +29,6 @@ constexpr absl::Duration kHealthPoll = absl::Milliseconds(200);
 
 absl::Duration Seconds(double s) { return absl::Seconds(s); }
 
-// "host:port" for printing (IPv6 hosts in brackets).
-std::string JoinHostPort(const std::string& host, int port) {
-  if (host.find(':') != std::string::npos) return absl::StrCat("[", host, "]:", port);
-  return absl::StrCat(host, ":", port);
-}
-
 bool AnyModelReady(const WorkerPool& pool) {
   for (const std::string& model : pool.Models()) {
     if (pool.Info(model).ready_replicas() > 0) return true;

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/host_port.h"
 #include "common/log.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -34,18 +35,12 @@ constexpr char kWorkerService[] = "shardserve.worker.v1.Worker";
 // Probe deadlines: the probe interval, but never so short that a busy machine flaps.
 constexpr absl::Duration kMinProbeDeadline = absl::Milliseconds(200);
 
-// "host:port" -> host (brackets removed) and port; false when it is not that.
+// "host:port" of a worker to dial -> host (brackets removed) and port; false when it is not that
+// (a host is required, and a port in [1, 65535]).
 bool SplitAddress(const std::string& address, std::string* host, std::string* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  std::string h = address.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  int p = 0;
-  if (h.empty() || !absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 1 || p > 65535) {
-    return false;
-  }
-  *host = std::move(h);
-  *port = address.substr(colon + 1);
+  int number = 0;
+  if (!SplitHostPort(address, host, &number).ok() || host->empty() || number < 1) return false;
+  *port = std::to_string(number);
   return true;
 }
 
