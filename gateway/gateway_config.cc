@@ -21,64 +21,6 @@
 namespace shardserve {
 namespace {
 
-absl::Status FieldError(absl::string_view what, absl::string_view key, absl::string_view reason) {
-  return absl::InvalidArgumentError(absl::StrCat(what, ": key '", key, "': ", reason));
-}
-
-absl::Status ParseInt(absl::string_view what, absl::string_view key, absl::string_view value,
-                      int64_t min, int* out) {
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(value, &v)) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not an integer"));
-  }
-  if (v < min || v > std::numeric_limits<int>::max()) {
-    return FieldError(what, key, absl::StrCat(v, " is out of range (at least ", min, ")"));
-  }
-  *out = static_cast<int>(v);
-  return absl::OkStatus();
-}
-
-// A finite number >= 0, or > 0 when `positive`.
-absl::Status ParseNumber(absl::string_view what, absl::string_view key, absl::string_view value,
-                         bool positive, double* out) {
-  double d = 0;
-  if (!absl::SimpleAtod(value, &d) || !std::isfinite(d)) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not a number"));
-  }
-  if (positive ? d <= 0 : d < 0) {
-    return FieldError(what, key,
-                      absl::StrCat(value, positive ? " is not positive" : " is negative"));
-  }
-  *out = d;
-  return absl::OkStatus();
-}
-
-// "host:port" with a numeric port; the host may be "[v6]". `listen`: port 0 (pick one) allowed
-// and the host may be empty; otherwise it is a worker to dial (port 1-65535, a host).
-absl::Status ParseAddress(absl::string_view what, absl::string_view key, absl::string_view value,
-                          bool listen, std::string* out) {
-  const size_t colon = value.rfind(':');
-  if (colon == absl::string_view::npos || (!listen && colon == 0)) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not host:port"));
-  }
-  absl::string_view host = value.substr(0, colon);
-  if (absl::StrContains(host, ':') && !(absl::StartsWith(host, "[") && absl::EndsWith(host, "]"))) {
-    return FieldError(what, key,
-                      absl::StrCat("'", value, "': an IPv6 host goes in brackets ([::1]:port)"));
-  }
-  if (absl::StrContains(host, ' ') || absl::StrContains(host, ',')) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not host:port"));
-  }
-  int port = 0;
-  const int min_port = listen ? 0 : 1;
-  if (!absl::SimpleAtoi(value.substr(colon + 1), &port) || port < min_port || port > 65535) {
-    return FieldError(what, key,
-                      absl::StrCat("'", value, "' has no port in [", min_port, ", 65535]"));
-  }
-  *out = std::string(value);
-  return absl::OkStatus();
-}
-
 // A comma-separated list of worker addresses (flag form of `endpoints`).
 absl::Status ParseEndpointList(absl::string_view what, absl::string_view key,
                                absl::string_view value, std::vector<std::string>* out) {
@@ -86,7 +28,7 @@ absl::Status ParseEndpointList(absl::string_view what, absl::string_view key,
   for (absl::string_view part : absl::StrSplit(value, ',')) {
     part = absl::StripAsciiWhitespace(part);
     std::string address;
-    RETURN_IF_ERROR(ParseAddress(what, key, part, /*listen=*/false, &address));
+    RETURN_IF_ERROR(ParseConfigAddress(what, key, part, /*listen=*/false, &address));
     endpoints.push_back(std::move(address));
   }
   *out = std::move(endpoints);
@@ -100,8 +42,8 @@ absl::Status ParseSha256(absl::string_view what, absl::string_view key, absl::st
                      return absl::ascii_isdigit(c) || (c >= 'a' && c <= 'f');
                    });
   if (!hex) {
-    return FieldError(what, key,
-                      "is not a SHA-256 in hex (64 hex digits; `shardserve hash-key` prints it)");
+    return ConfigFieldError(
+        what, key, "is not a SHA-256 in hex (64 hex digits; `shardserve hash-key` prints it)");
   }
   *out = std::move(lower);
   return absl::OkStatus();
@@ -112,19 +54,19 @@ using Setter = std::function<absl::Status(GatewayConfig*, absl::string_view key,
 
 Setter IntSetter(int GatewayConfig::*field, int64_t min) {
   return [field, min](GatewayConfig* c, absl::string_view k, absl::string_view v,
-                      absl::string_view w) { return ParseInt(w, k, v, min, &(c->*field)); };
+                      absl::string_view w) { return ParseConfigInt(w, k, v, min, &(c->*field)); };
 }
 
 Setter NumberSetter(double GatewayConfig::*field, bool positive) {
   return [field, positive](GatewayConfig* c, absl::string_view k, absl::string_view v,
                            absl::string_view w) {
-    return ParseNumber(w, k, v, positive, &(c->*field));
+    return ParseConfigNumber(w, k, v, positive, &(c->*field));
   };
 }
 
 Setter AddressSetter(std::string GatewayConfig::*field) {
   return [field](GatewayConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-    return ParseAddress(w, k, v, /*listen=*/true, &(c->*field));
+    return ParseConfigAddress(w, k, v, /*listen=*/true, &(c->*field));
   };
 }
 
@@ -175,7 +117,7 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
          for (absl::string_view origin : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
            origin = absl::StripAsciiWhitespace(origin);
            if (absl::StrContains(origin, ' ')) {
-             return FieldError(w, k, absl::StrCat("'", origin, "' is not an origin"));
+             return ConfigFieldError(w, k, absl::StrCat("'", origin, "' is not an origin"));
            }
            origins.emplace_back(origin);
          }
@@ -184,11 +126,11 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
        }},
       {"affinity_margin",
        [](GatewayConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseNumber(w, k, v, /*positive=*/false, &c->router.affinity_margin);
+         return ParseConfigNumber(w, k, v, /*positive=*/false, &c->router.affinity_margin);
        }},
       {"kv_weight",
        [](GatewayConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseNumber(w, k, v, /*positive=*/false, &c->router.kv_weight);
+         return ParseConfigNumber(w, k, v, /*positive=*/false, &c->router.kv_weight);
        }},
       {"max_attempts", IntSetter(&GatewayConfig::max_attempts, 1)},
       {"max_in_flight", IntSetter(&GatewayConfig::max_in_flight, 1)},
@@ -211,7 +153,7 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
 absl::Status ScalarOf(const YAML::Node& node, absl::string_view where, absl::string_view key,
                       std::string* out) {
   if (!node.IsScalar()) {
-    return FieldError(where, key, node.IsNull() ? "has no value" : "value is not a scalar");
+    return ConfigFieldError(where, key, node.IsNull() ? "has no value" : "value is not a scalar");
   }
   *out = node.Scalar();
   return absl::OkStatus();
@@ -221,8 +163,8 @@ absl::Status ParseModelYaml(const YAML::Node& node, absl::string_view what, int 
                             ModelRoute* model) {
   const std::string prefix = absl::StrCat("models[", index, "]");
   if (!node.IsMap()) {
-    return FieldError(YamlWhere(what, node), prefix,
-                      "must be a mapping with name and endpoints or dns");
+    return ConfigFieldError(YamlWhere(what, node), prefix,
+                            "must be a mapping with name and endpoints or dns");
   }
   for (const auto& entry : node) {
     const std::string where = YamlWhere(what, entry.first);
@@ -236,8 +178,8 @@ absl::Status ParseModelYaml(const YAML::Node& node, absl::string_view what, int 
           const std::string item_key = absl::StrCat(key, "[", i, "]");
           std::string text, address;
           RETURN_IF_ERROR(ScalarOf(item, YamlWhere(what, item), item_key, &text));
-          RETURN_IF_ERROR(
-              ParseAddress(YamlWhere(what, item), item_key, text, /*listen=*/false, &address));
+          RETURN_IF_ERROR(ParseConfigAddress(YamlWhere(what, item), item_key, text,
+                                             /*listen=*/false, &address));
           model->endpoints.push_back(std::move(address));
         }
       } else {
@@ -250,25 +192,27 @@ absl::Status ParseModelYaml(const YAML::Node& node, absl::string_view what, int 
     std::string value;
     RETURN_IF_ERROR(ScalarOf(entry.second, where, key, &value));
     if (name == "name") {
-      if (absl::StripAsciiWhitespace(value).empty()) return FieldError(where, key, "is empty");
+      if (absl::StripAsciiWhitespace(value).empty())
+        return ConfigFieldError(where, key, "is empty");
       model->name = value;
     } else if (name == "dns") {
-      RETURN_IF_ERROR(ParseAddress(where, key, value, /*listen=*/false, &model->dns));
+      RETURN_IF_ERROR(ParseConfigAddress(where, key, value, /*listen=*/false, &model->dns));
     } else if (name == "max_queued") {
-      RETURN_IF_ERROR(ParseInt(where, key, value, 1, &model->max_queued));
+      RETURN_IF_ERROR(ParseConfigInt(where, key, value, 1, &model->max_queued));
     } else {
-      return FieldError(where, key, "unknown key (known: name, endpoints, dns, max_queued)");
+      return ConfigFieldError(where, key, "unknown key (known: name, endpoints, dns, max_queued)");
     }
   }
-  if (model->name.empty()) return FieldError(YamlWhere(what, node), prefix + ".name", "is missing");
+  if (model->name.empty())
+    return ConfigFieldError(YamlWhere(what, node), prefix + ".name", "is missing");
   return absl::OkStatus();
 }
 
 absl::Status ParseModelsYaml(const YAML::Node& node, absl::string_view what,
                              std::vector<ModelRoute>* models) {
   if (!node.IsSequence()) {
-    return FieldError(YamlWhere(what, node), "models",
-                      "must be a list of {name, endpoints | dns, max_queued}");
+    return ConfigFieldError(YamlWhere(what, node), "models",
+                            "must be a list of {name, endpoints | dns, max_queued}");
   }
   std::vector<ModelRoute> parsed;
   for (size_t i = 0; i < node.size(); ++i) {
@@ -283,14 +227,15 @@ absl::Status ParseModelsYaml(const YAML::Node& node, absl::string_view what,
 absl::Status ParseApiKeysYaml(const YAML::Node& node, absl::string_view what,
                               std::vector<ApiKeyEntry>* keys) {
   if (!node.IsSequence()) {
-    return FieldError(YamlWhere(what, node), "api_keys", "must be a list of {sha256, tenant}");
+    return ConfigFieldError(YamlWhere(what, node), "api_keys",
+                            "must be a list of {sha256, tenant}");
   }
   std::vector<ApiKeyEntry> parsed;
   for (size_t i = 0; i < node.size(); ++i) {
     const YAML::Node& item = node[i];
     const std::string prefix = absl::StrCat("api_keys[", i, "]");
     if (!item.IsMap()) {
-      return FieldError(YamlWhere(what, item), prefix, "must be a mapping {sha256, tenant}");
+      return ConfigFieldError(YamlWhere(what, item), prefix, "must be a mapping {sha256, tenant}");
     }
     ApiKeyEntry entry;
     for (const auto& field : item) {
@@ -302,17 +247,18 @@ absl::Status ParseApiKeysYaml(const YAML::Node& node, absl::string_view what,
       if (name == "sha256") {
         RETURN_IF_ERROR(ParseSha256(where, key, value, &entry.sha256_hex));
       } else if (name == "tenant") {
-        if (absl::StripAsciiWhitespace(value).empty()) return FieldError(where, key, "is empty");
+        if (absl::StripAsciiWhitespace(value).empty())
+          return ConfigFieldError(where, key, "is empty");
         entry.tenant = value;
       } else {
-        return FieldError(where, key, "unknown key (known: sha256, tenant)");
+        return ConfigFieldError(where, key, "unknown key (known: sha256, tenant)");
       }
     }
     if (entry.sha256_hex.empty()) {
-      return FieldError(YamlWhere(what, item), prefix + ".sha256", "is missing");
+      return ConfigFieldError(YamlWhere(what, item), prefix + ".sha256", "is missing");
     }
     if (entry.tenant.empty()) {
-      return FieldError(YamlWhere(what, item), prefix + ".tenant", "is missing");
+      return ConfigFieldError(YamlWhere(what, item), prefix + ".tenant", "is missing");
     }
     parsed.push_back(std::move(entry));
   }
@@ -323,18 +269,18 @@ absl::Status ParseApiKeysYaml(const YAML::Node& node, absl::string_view what,
 absl::Status ParseTenantsYaml(const YAML::Node& node, absl::string_view what,
                               std::map<std::string, TenantQuota>* tenants) {
   if (!node.IsMap()) {
-    return FieldError(YamlWhere(what, node), "tenants",
-                      "must be a mapping of tenant -> {requests_per_second, request_burst, "
-                      "tokens_per_minute}");
+    return ConfigFieldError(YamlWhere(what, node), "tenants",
+                            "must be a mapping of tenant -> {requests_per_second, request_burst, "
+                            "tokens_per_minute}");
   }
   std::map<std::string, TenantQuota> parsed;
   for (const auto& entry : node) {
     const std::string tenant = entry.first.Scalar();
     const std::string prefix = absl::StrCat("tenants.", tenant);
     if (!entry.second.IsMap()) {
-      return FieldError(YamlWhere(what, entry.first), prefix,
-                        "must be a mapping {requests_per_second, request_burst, "
-                        "tokens_per_minute}");
+      return ConfigFieldError(YamlWhere(what, entry.first), prefix,
+                              "must be a mapping {requests_per_second, request_burst, "
+                              "tokens_per_minute}");
     }
     TenantQuota quota;
     for (const auto& field : entry.second) {
@@ -351,11 +297,11 @@ absl::Status ParseTenantsYaml(const YAML::Node& node, absl::string_view what,
       } else if (name == "tokens_per_minute") {
         target = &quota.tokens_per_minute;
       } else {
-        return FieldError(
+        return ConfigFieldError(
             where, key,
             "unknown key (known: requests_per_second, request_burst, tokens_per_minute)");
       }
-      RETURN_IF_ERROR(ParseNumber(where, key, value, /*positive=*/false, target));
+      RETURN_IF_ERROR(ParseConfigNumber(where, key, value, /*positive=*/false, target));
     }
     parsed[tenant] = quota;
   }
@@ -388,8 +334,8 @@ absl::Status SetGatewayConfigField(GatewayConfig* config, absl::string_view key,
   for (const auto& [name, setter] : Setters()) {
     absl::StrAppend(&known, known.empty() ? "" : ", ", name);
   }
-  return FieldError(what, key,
-                    absl::StrCat("unknown key (known: ", known, ", models, api_keys, tenants)"));
+  return ConfigFieldError(
+      what, key, absl::StrCat("unknown key (known: ", known, ", models, api_keys, tenants)"));
 }
 
 absl::Status AddModelFlag(GatewayConfig* config, absl::string_view text) {
@@ -406,7 +352,7 @@ absl::Status AddModelFlag(GatewayConfig* config, absl::string_view text) {
     return absl::InvalidArgumentError(absl::StrCat("flag --model: '", text, "' has no name"));
   }
   if (absl::ConsumePrefix(&target, "dns:")) {
-    RETURN_IF_ERROR(ParseAddress(what, "dns", target, /*listen=*/false, &model.dns));
+    RETURN_IF_ERROR(ParseConfigAddress(what, "dns", target, /*listen=*/false, &model.dns));
   } else {
     RETURN_IF_ERROR(ParseEndpointList(what, "endpoints", target, &model.endpoints));
   }
@@ -494,34 +440,37 @@ absl::Status FinalizeGatewayConfig(GatewayConfig* config) {
   for (size_t i = 0; i < config->models.size(); ++i) {
     const ModelRoute& model = config->models[i];
     const std::string key = absl::StrCat("models[", i, "] (", model.name, ")");
-    if (model.name.empty()) return FieldError("config", key, "has no name");
+    if (model.name.empty()) return ConfigFieldError("config", key, "has no name");
     if (!names.insert(model.name).second) {
-      return FieldError("config", key, "the model name is configured twice");
+      return ConfigFieldError("config", key, "the model name is configured twice");
     }
     if (model.endpoints.empty() == model.dns.empty()) {
-      return FieldError("config", key,
-                        model.dns.empty() ? "needs endpoints (a host:port list) or dns"
-                                          : "has both endpoints and dns; set one");
+      return ConfigFieldError("config", key,
+                              model.dns.empty() ? "needs endpoints (a host:port list) or dns"
+                                                : "has both endpoints and dns; set one");
     }
     std::string checked;
     if (!model.dns.empty()) {
-      RETURN_IF_ERROR(ParseAddress("config", key + ".dns", model.dns, /*listen=*/false, &checked));
+      RETURN_IF_ERROR(
+          ParseConfigAddress("config", key + ".dns", model.dns, /*listen=*/false, &checked));
     }
     std::set<std::string> seen;
     for (const std::string& endpoint : model.endpoints) {
       RETURN_IF_ERROR(
-          ParseAddress("config", key + ".endpoints", endpoint, /*listen=*/false, &checked));
+          ParseConfigAddress("config", key + ".endpoints", endpoint, /*listen=*/false, &checked));
       if (!seen.insert(endpoint).second) {
-        return FieldError("config", key, absl::StrCat("endpoint ", endpoint, " is listed twice"));
+        return ConfigFieldError("config", key,
+                                absl::StrCat("endpoint ", endpoint, " is listed twice"));
       }
     }
-    if (model.max_queued < 1) return FieldError("config", key, "max_queued must be at least 1");
+    if (model.max_queued < 1)
+      return ConfigFieldError("config", key, "max_queued must be at least 1");
   }
 
   std::set<std::string> hashes, key_tenants;
   for (const ApiKeyEntry& entry : config->api_keys) {
     if (!hashes.insert(entry.sha256_hex).second) {
-      return FieldError(
+      return ConfigFieldError(
           "config", "api_keys",
           absl::StrCat("the key hash ", entry.sha256_hex.substr(0, 12), "... is listed twice"));
     }
@@ -530,26 +479,27 @@ absl::Status FinalizeGatewayConfig(GatewayConfig* config) {
   for (const auto& [tenant, quota] : config->tenants) {
     const std::string key = absl::StrCat("tenants.", tenant);
     if (config->api_keys.empty() && tenant != "default") {
-      return FieldError("config", key,
-                        "authentication is off (no api_keys), so every caller is tenant "
-                        "'default' and this quota would never apply");
+      return ConfigFieldError("config", key,
+                              "authentication is off (no api_keys), so every caller is tenant "
+                              "'default' and this quota would never apply");
     }
     if (!config->api_keys.empty() && !key_tenants.contains(tenant)) {
-      return FieldError("config", key, "has a quota but no API key maps to it");
+      return ConfigFieldError("config", key, "has a quota but no API key maps to it");
     }
     if (quota.requests_per_second < 0 || quota.request_burst < 0 || quota.tokens_per_minute < 0) {
-      return FieldError("config", key, "a quota is negative");
+      return ConfigFieldError("config", key, "a quota is negative");
     }
   }
 
   std::string checked;
-  RETURN_IF_ERROR(
-      ParseAddress("config", "grpc_address", config->grpc_address, /*listen=*/true, &checked));
-  RETURN_IF_ERROR(
-      ParseAddress("config", "http_address", config->http_address, /*listen=*/true, &checked));
+  RETURN_IF_ERROR(ParseConfigAddress("config", "grpc_address", config->grpc_address,
+                                     /*listen=*/true, &checked));
+  RETURN_IF_ERROR(ParseConfigAddress("config", "http_address", config->http_address,
+                                     /*listen=*/true, &checked));
   if (config->grpc_address == config->http_address && !absl::EndsWith(config->grpc_address, ":0")) {
-    return FieldError("config", "http_address",
-                      absl::StrCat("is the same as grpc_address (", config->grpc_address, ")"));
+    return ConfigFieldError(
+        "config", "http_address",
+        absl::StrCat("is the same as grpc_address (", config->grpc_address, ")"));
   }
   return absl::OkStatus();
 }

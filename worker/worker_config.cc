@@ -20,56 +20,9 @@
 namespace shardserve {
 namespace {
 
-absl::Status FieldError(absl::string_view what, absl::string_view key, absl::string_view reason) {
-  return absl::InvalidArgumentError(absl::StrCat(what, ": key '", key, "': ", reason));
-}
-
-template <typename Int>
-absl::Status ParseInt(absl::string_view what, absl::string_view key, absl::string_view value,
-                      int64_t min, Int* out) {
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(value, &v)) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not an integer"));
-  }
-  if (v < min || v > static_cast<int64_t>(std::numeric_limits<Int>::max())) {
-    return FieldError(what, key, absl::StrCat(v, " is out of range (at least ", min, ")"));
-  }
-  *out = static_cast<Int>(v);
-  return absl::OkStatus();
-}
-
-absl::Status ParseChoice(absl::string_view what, absl::string_view key, absl::string_view value,
-                         std::initializer_list<absl::string_view> choices, std::string* out) {
-  std::string lower = absl::AsciiStrToLower(value);
-  for (absl::string_view c : choices) {
-    if (lower == c) {
-      *out = lower;
-      return absl::OkStatus();
-    }
-  }
-  std::string list;
-  for (absl::string_view c : choices) absl::StrAppend(&list, list.empty() ? "" : " or ", c);
-  return FieldError(what, key, absl::StrCat("'", value, "' is not ", list));
-}
-
 absl::Status ParseString(absl::string_view what, absl::string_view key, absl::string_view value,
                          std::string* out) {
-  if (value.empty()) return FieldError(what, key, "is empty");
-  *out = std::string(value);
-  return absl::OkStatus();
-}
-
-// "host:port" with a numeric port in [0, 65535]; the host may be "[v6]".
-absl::Status ParseAddress(absl::string_view what, absl::string_view key, absl::string_view value,
-                          std::string* out) {
-  const size_t colon = value.rfind(':');
-  if (colon == absl::string_view::npos || colon == 0) {
-    return FieldError(what, key, absl::StrCat("'", value, "' is not host:port"));
-  }
-  int port = 0;
-  if (!absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 || port > 65535) {
-    return FieldError(what, key, absl::StrCat("'", value, "' has no port in [0, 65535]"));
-  }
+  if (value.empty()) return ConfigFieldError(what, key, "is empty");
   *out = std::string(value);
   return absl::OkStatus();
 }
@@ -108,54 +61,55 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
          return ParseString(w, k, v, &c->served_model_name);
        }},
-      {"address", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
-                     absl::string_view w) { return ParseAddress(w, k, v, &c->address); }},
+      {"address",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseConfigAddress(w, k, v, /*listen=*/true, &c->address);
+       }},
       {"http_address",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
          if (v.empty()) {  // no HTTP side
            c->http_address.clear();
            return absl::OkStatus();
          }
-         return ParseAddress(w, k, v, &c->http_address);
+         return ParseConfigAddress(w, k, v, /*listen=*/true, &c->http_address);
        }},
       {"threads", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
-                     absl::string_view w) { return ParseInt(w, k, v, 0, &c->threads); }},
+                     absl::string_view w) { return ParseConfigInt(w, k, v, 0, &c->threads); }},
       {"context_length",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseInt(w, k, v, 0, &c->context_length);
+         return ParseConfigInt(w, k, v, 0, &c->context_length);
        }},
       {"kv_cache_tokens",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseInt(w, k, v, 0, &c->kv_cache_tokens);
+         return ParseConfigInt(w, k, v, 0, &c->kv_cache_tokens);
        }},
       {"activations",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseChoice(w, k, v, {"q8", "f32"}, &c->activations);
+         return ParseConfigChoice(w, k, v, {"q8", "f32"}, &c->activations);
        }},
       {"kv_dtype",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseChoice(w, k, v, {"f16", "f32"}, &c->kv_dtype);
+         return ParseConfigChoice(w, k, v, {"f16", "f32"}, &c->kv_dtype);
        }},
-      {"max_running", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
-                         absl::string_view w) { return ParseInt(w, k, v, 1, &c->max_running); }},
-      {"max_waiting", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
-                         absl::string_view w) { return ParseInt(w, k, v, 0, &c->max_waiting); }},
+      {"max_running",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseConfigInt(w, k, v, 1, &c->max_running);
+       }},
+      {"max_waiting",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         return ParseConfigInt(w, k, v, 0, &c->max_waiting);
+       }},
       {"default_max_tokens",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseInt(w, k, v, 0, &c->default_max_tokens);
+         return ParseConfigInt(w, k, v, 0, &c->default_max_tokens);
        }},
       {"max_step_tokens",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         return ParseInt(w, k, v, 1, &c->max_step_tokens);
+         return ParseConfigInt(w, k, v, 1, &c->max_step_tokens);
        }},
       {"drain_seconds",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
-         double d = 0;
-         if (!absl::SimpleAtod(v, &d) || !std::isfinite(d) || d < 0) {
-           return FieldError(w, k, absl::StrCat("'", v, "' is not a non-negative number"));
-         }
-         c->drain_seconds = d;
-         return absl::OkStatus();
+         return ParseConfigNumber(w, k, v, /*positive=*/false, &c->drain_seconds);
        }},
   };
   return *setters;
@@ -185,20 +139,21 @@ absl::Status SetWorkerConfigField(WorkerConfig* config, absl::string_view key,
   std::string known;
   for (const auto& [name, setter] : Setters())
     absl::StrAppend(&known, known.empty() ? "" : ", ", name);
-  return FieldError(what, key, absl::StrCat("unknown key (known: ", known, ")"));
+  return ConfigFieldError(what, key, absl::StrCat("unknown key (known: ", known, ")"));
 }
 
 absl::Status ParseWorkerConfigYaml(absl::string_view yaml, absl::string_view what,
                                    WorkerConfig* config) {
-  return ForEachYamlKey(
-      yaml, what,
-      [config](const std::string& key, const YAML::Node& value,
-               const std::string& where) -> absl::Status {
-        if (!value.IsScalar()) {
-          return FieldError(where, key, value.IsNull() ? "has no value" : "value is not a scalar");
-        }
-        return SetWorkerConfigField(config, key, value.Scalar(), where);
-      });
+  return ForEachYamlKey(yaml, what,
+                        [config](const std::string& key, const YAML::Node& value,
+                                 const std::string& where) -> absl::Status {
+                          if (!value.IsScalar()) {
+                            return ConfigFieldError(
+                                where, key,
+                                value.IsNull() ? "has no value" : "value is not a scalar");
+                          }
+                          return SetWorkerConfigField(config, key, value.Scalar(), where);
+                        });
 }
 
 absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config) {

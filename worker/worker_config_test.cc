@@ -85,6 +85,14 @@ TEST(WorkerConfigTest, ErrorsNameFileLineKeyAndReason) {
   EXPECT_THAT(status.message(),
               HasSubstr("key 'http_address': '127.0.0.1:http' has no port in [0, 65535]"));
 
+  status = ParseWorkerConfigYaml("drain_seconds: -1\n", "w.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("key 'drain_seconds': -1 is negative"));
+
+  status = ParseWorkerConfigYaml("address: \"::1:50061\"\n", "w.yaml", &config);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("an IPv6 host goes in brackets"));
+
   status = ParseWorkerConfigYaml("threads:\n", "w.yaml", &config);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("key 'threads': has no value"));
