@@ -85,6 +85,19 @@ absl::Status ParseConfigChoice(absl::string_view what, absl::string_view key,
   return ConfigFieldError(what, key, absl::StrCat("'", value, "' is not ", list));
 }
 
+absl::Status ParseConfigBool(absl::string_view what, absl::string_view key, absl::string_view value,
+                             bool* out) {
+  const std::string lower = absl::AsciiStrToLower(value);
+  if (lower == "true" || lower == "yes" || lower == "on" || lower == "1") {
+    *out = true;
+  } else if (lower == "false" || lower == "no" || lower == "off" || lower == "0") {
+    *out = false;
+  } else {
+    return ConfigFieldError(what, key, absl::StrCat("'", value, "' is not true or false"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseConfigAddress(absl::string_view what, absl::string_view key,
                                 absl::string_view value, bool listen, std::string* out) {
   const size_t colon = value.rfind(':');

@@ -63,6 +63,10 @@ absl::Status ParseConfigChoice(absl::string_view what, absl::string_view key,
                                absl::string_view value,
                                std::initializer_list<absl::string_view> choices, std::string* out);
 
+// true / false (also yes / no, on / off, 1 / 0; any case).
+absl::Status ParseConfigBool(absl::string_view what, absl::string_view key, absl::string_view value,
+                             bool* out);
+
 // "host:port" with a numeric port; an IPv6 host in brackets; no spaces or commas. `listen`: an
 // address to bind (port 0 picks one); otherwise a peer to dial (port 1-65535).
 absl::Status ParseConfigAddress(absl::string_view what, absl::string_view key,
