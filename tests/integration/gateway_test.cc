@@ -54,6 +54,8 @@
 namespace shardserve {
 namespace {
 
+using ::shardserve::testing::FindOnPath;
+
 namespace chatpb = ::shardserve::chat::v1;
 using testing::StreamResult;
 namespace gatewaypb = ::shardserve::gateway::v1;
@@ -95,16 +97,6 @@ std::string Tail(const std::string& path, size_t n = 15) {
   std::vector<std::string> lines = absl::StrSplit(ReadFile(path), '\n');
   const size_t from = lines.size() > n ? lines.size() - n : 0;
   return absl::StrJoin(lines.begin() + from, lines.end(), "\n");
-}
-
-// An executable found on $PATH (posix_spawn does not search it); `name` itself when none is.
-std::string FindOnPath(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  for (absl::string_view dir : absl::StrSplit(path == nullptr ? "" : path, ':')) {
-    std::string candidate = absl::StrCat(dir, "/", name);
-    if (!dir.empty() && access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return name;
 }
 
 // VmRSS / VmHWM of a process in KiB (0 when unreadable).

@@ -19,6 +19,9 @@ struct RunResult {
   std::string err;
 };
 
+// An executable found on $PATH (posix_spawn does not search it); `name` itself when none is.
+std::string FindOnPath(const std::string& name);
+
 // Runs argv[0] with argv (no shell) and waits for it. `stdin_path`: a file to read stdin from
 // ("" inherits the test's stdin).
 RunResult RunProgram(const std::vector<std::string>& argv, const std::string& stdin_path = "");
