@@ -98,6 +98,9 @@ class HubCache {
 
   // Holds hub/.locks/models--org--name/{etag}.lock. Take it before touching the blob's
   // .incomplete file; after acquiring, check HasBlob again (another writer may have finished).
+  // Also creates the repo's blobs/ folder (refusing one that is a symlink), so the .incomplete
+  // file can be opened right away. Never call LinkSnapshot or AddBlobFromFile of the same repo
+  // while holding it: they take blob locks themselves, and flock is per open file.
   absl::StatusOr<FileLock> LockBlob(const RepoId& repo, absl::string_view etag) const;
   // Lock for building one artifact: root/shardserve/.locks/org--name/{commit}.{scheme}.lock.
   absl::StatusOr<FileLock> LockArtifact(const RepoId& repo, absl::string_view commit,
@@ -111,8 +114,11 @@ class HubCache {
 
   // Verifies blobs/{etag}.incomplete against `file` (size, then hash) and renames it to
   // blobs/{etag}. On a mismatch the .incomplete file is deleted and DATA_LOSS names the path,
-  // expected and found values. Call while holding LockBlob.
-  absl::Status CommitIncompleteBlob(const RepoId& repo, const RepoFile& file) const;
+  // expected and found values. Call while holding LockBlob. `verify_hash` false skips the hash
+  // (never the size) for a caller that has just verified it itself, still holding the lock
+  // (HubClient::Download hashes what it wrote): a large model is then read once, not twice.
+  absl::Status CommitIncompleteBlob(const RepoId& repo, const RepoFile& file,
+                                    bool verify_hash = true) const;
 
   // Copies a local file into blobs/{etag} (through .incomplete + verify + rename), taking the
   // blob lock itself; OK without copying when a valid blob is already there.
