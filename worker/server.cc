@@ -44,6 +44,9 @@ std::string Quantization(const ModelWeights& weights) {
     if (n > most) best = dtype, most = n;
   }
   if (weights.format() == WeightFormat::kGguf) return absl::StrCat("gguf:", best);
+  // A hub_sync artifact: its scheme, whatever dtype holds the most bytes (the BF16 embeddings
+  // outweigh SmolLM2's 4-bit layers).
+  if (!weights.quantization().empty()) return absl::StrCat("safetensors:", weights.quantization());
   return absl::StrCat("safetensors:", absl::AsciiStrToLower(best));
 }
 
@@ -99,13 +102,15 @@ struct EngineMetrics {
 
 absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& config,
                                                        const EngineMetrics* metrics) {
-  ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> opened, ModelWeights::Open(config.model));
+  // FinalizeWorkerConfig resolved `model` (a path, or a repo id in the cache) to model_path.
+  const std::string& path = config.model_path.empty() ? config.model : config.model_path;
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> opened, ModelWeights::Open(path));
   std::shared_ptr<const ModelWeights> weights = std::move(opened);
   auto model = std::make_unique<ServedModel>();
   if (weights->gguf() != nullptr) {
     ASSIGN_OR_RETURN(model->text, LoadModelTextFromGguf(*weights->gguf()));
   } else {
-    ASSIGN_OR_RETURN(model->text, LoadModelText(config.model));
+    ASSIGN_OR_RETURN(model->text, LoadModelText(path));
   }
 
   RunnerOptions runner_options;
@@ -122,7 +127,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const WorkerConfig& confi
 
   model->info.set_id(config.served_model_name);
   model->info.set_context_length(static_cast<uint32_t>(runner->context_length()));
-  model->info.set_source(config.model);
+  model->info.set_source(path);
   model->info.set_quantization(Quantization(*weights));
   model->default_max_tokens = config.default_max_tokens;
 

@@ -1,6 +1,9 @@
 #include "worker/worker_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
@@ -15,6 +18,8 @@
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
 #include "common/yaml_config.h"
+#include "hub_sync/cache.h"
+#include "hub_sync/repo.h"
 #include "yaml-cpp/yaml.h"
 
 namespace shardserve {
@@ -32,8 +37,15 @@ using Setter = std::function<absl::Status(WorkerConfig*, absl::string_view key,
 
 const std::map<std::string, std::string>& Help() {
   static const auto* help = new std::map<std::string, std::string>{
-      {"model", "GGUF file or HF model directory (required)"},
-      {"served_model_name", "name clients use in ChatRequest.model (default: from the model path)"},
+      {"model",
+       "GGUF file, HF model directory, or a repo id org/name in the shared cache (required)"},
+      {"served_model_name",
+       "name clients use in ChatRequest.model (default: the repo id, or from the model path)"},
+      {"cache_dir",
+       "shared cache root for repo ids (default $SHARDSERVE_CACHE, else ~/.cache/shardserve)"},
+      {"revision", "branch, tag or commit of a repo id (default main)"},
+      {"quantization",
+       "serve a repo id's hub_sync artifact: int8, int4 or nf4 (default: the snapshot as is)"},
       {"address", "host:port to listen on; port 0 picks a free port (default 127.0.0.1:50061)"},
       {"http_address",
        "host:port for /metrics, /live and /ready; port 0 picks a free port; \"\" disables "
@@ -60,6 +72,23 @@ const std::vector<std::pair<std::string, Setter>>& Setters() {
       {"served_model_name",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
          return ParseString(w, k, v, &c->served_model_name);
+       }},
+      {"cache_dir", [](WorkerConfig* c, absl::string_view k, absl::string_view v,
+                       absl::string_view w) { return ParseString(w, k, v, &c->cache_dir); }},
+      {"revision",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         RETURN_IF_ERROR(ParseString(w, k, v, &c->revision));
+         absl::Status valid = hub::ValidateRevision(c->revision);
+         if (!valid.ok()) return ConfigFieldError(w, k, valid.message());
+         return absl::OkStatus();
+       }},
+      {"quantization",
+       [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
+         if (v.empty() || absl::AsciiStrToLower(v) == "none") {
+           c->quantization.clear();
+           return absl::OkStatus();
+         }
+         return ParseConfigChoice(w, k, v, {"int8", "int4", "nf4"}, &c->quantization);
        }},
       {"address",
        [](WorkerConfig* c, absl::string_view k, absl::string_view v, absl::string_view w) {
@@ -161,12 +190,100 @@ absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config)
   return ParseWorkerConfigYaml(text, path, config);
 }
 
-absl::Status FinalizeWorkerConfig(WorkerConfig* config) {
+absl::StatusOr<std::string> DefaultCacheDir(const char* (*getenv_fn)(const char*)) {
+  const auto env = [getenv_fn](const char* name) -> std::string {
+    const char* value = getenv_fn != nullptr ? getenv_fn(name) : std::getenv(name);
+    return value == nullptr ? "" : value;
+  };
+  std::string dir = env("SHARDSERVE_CACHE");
+  if (!dir.empty()) return dir;
+  const std::string home = env("HOME");
+  if (home.empty()) {
+    return absl::InvalidArgumentError(
+        "key 'cache_dir': not set, and neither $SHARDSERVE_CACHE nor $HOME is");
+  }
+  return home + "/.cache/shardserve";
+}
+
+namespace {
+
+// A value that names an existing file or directory, starts with '/' or '.', or ends in .gguf is
+// a path; anything else that parses as "org/name" is a repo id.
+bool LooksLikePath(const std::string& model) {
+  std::error_code ec;
+  if (std::filesystem::exists(model, ec)) return true;
+  return absl::StartsWith(model, "/") || absl::StartsWith(model, ".") ||
+         absl::EndsWith(absl::AsciiStrToLower(model), ".gguf");
+}
+
+absl::Status ResolveRepoModel(WorkerConfig* config, const hub::RepoId& repo,
+                              const char* (*getenv_fn)(const char*)) {
+  if (config->cache_dir.empty()) {
+    ASSIGN_OR_RETURN(config->cache_dir, DefaultCacheDir(getenv_fn));
+  }
+  const std::string id = repo.ToString();
+  const std::string pull =
+      config->revision == "main" ? id : absl::StrCat(id, "@", config->revision);
+  auto not_cached = [&]() {
+    return absl::NotFoundError(absl::StrCat("repo ", id, " revision ", config->revision,
+                                            " is not in the cache at ", config->cache_dir,
+                                            " (run `shardserve pull ", pull, "`)"));
+  };
+  // Reading only: a missing cache is not created here.
+  std::error_code ec;
+  if (!std::filesystem::is_directory(std::filesystem::path(config->cache_dir) / "hub", ec)) {
+    return not_cached();
+  }
+  ASSIGN_OR_RETURN(hub::HubCache cache, hub::HubCache::Open(config->cache_dir));
+  absl::StatusOr<std::string> commit = cache.ResolveRevision(repo, config->revision);
+  if (absl::IsNotFound(commit.status())) return not_cached();
+  if (!commit.ok()) return commit.status();
+  if (config->quantization.empty()) {
+    config->model_path = cache.SnapshotDir(repo, *commit);
+    if (!std::filesystem::is_directory(config->model_path, ec)) return not_cached();
+  } else {
+    config->model_path = cache.ArtifactDir(repo, *commit, config->quantization);
+    // An artifact without its manifest (written last) does not exist.
+    if (!std::filesystem::exists(std::filesystem::path(config->model_path) / "manifest.json", ec)) {
+      return absl::NotFoundError(absl::StrCat(
+          "repo ", id, " revision ", config->revision, " (commit ", *commit, ") has no ",
+          config->quantization, " artifact in the cache at ", config->cache_dir,
+          " (run `shardserve pull ", pull, " --quantize ", config->quantization, "`)"));
+    }
+  }
+  if (config->served_model_name.empty()) config->served_model_name = id;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status FinalizeWorkerConfig(WorkerConfig* config, const char* (*getenv_fn)(const char*)) {
   if (config->model.empty()) {
     return absl::InvalidArgumentError(
-        "key 'model': required (a GGUF file or an HF model directory; --model or the config "
-        "file)");
+        "key 'model': required (a GGUF file, an HF model directory or a repo id org/name in the "
+        "cache; --model or the config file)");
   }
+  if (!LooksLikePath(config->model)) {
+    absl::StatusOr<hub::RepoId> repo = hub::ParseRepoId(config->model);
+    if (repo.ok()) return ResolveRepoModel(config, *repo, getenv_fn);
+    if (absl::StrContains(config->model, '/') &&
+        std::count(config->model.begin(), config->model.end(), '/') == 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("key 'model': '", config->model,
+                       "' is neither a file nor a valid repo id: ", repo.status().message()));
+    }
+  }
+  if (!config->quantization.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key 'quantization': applies to a repo id in the cache, but model '",
+                     config->model, "' is a path (point model at the artifact directory instead)"));
+  }
+  if (config->revision != "main") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key 'revision': applies to a repo id in the cache, but model '",
+                     config->model, "' is a path"));
+  }
+  config->model_path = config->model;
   if (config->served_model_name.empty()) {
     config->served_model_name = ServedModelNameFromPath(config->model);
   }

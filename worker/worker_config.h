@@ -18,10 +18,21 @@
 namespace shardserve {
 
 struct WorkerConfig {
-  // GGUF file or HF model directory. Required.
+  // GGUF file, HF model directory, or a Hugging Face repo id "org/name" found in the shared cache
+  // (`cache_dir`, `revision`, `quantization`). Required. A value naming an existing file or
+  // directory, starting with '/' or '.', or ending in ".gguf" is a path; otherwise a repo id.
   std::string model;
-  // Name clients put in ChatRequest.model; "" derives it from `model` (ServedModelNameFromPath).
+  // Name clients put in ChatRequest.model; "" derives it from `model` (ServedModelNameFromPath;
+  // for a repo id, the repo id).
   std::string served_model_name;
+  // The shared cache root (hub_sync's): the HF cache is its hub/ folder, quantized artifacts are
+  // under shardserve/. "": $SHARDSERVE_CACHE, else ~/.cache/shardserve. Repo ids only.
+  std::string cache_dir;
+  // Branch, tag or commit of a repo id (resolved through the cache's refs/).
+  std::string revision = "main";
+  // "" serves the snapshot as it is; "int8", "int4", "nf4" serve hub_sync's artifact
+  // $CACHE/shardserve/{org}--{name}/{commit}/{scheme}/. Repo ids only.
+  std::string quantization;
   // host:port to listen on; port 0 picks a free port (printed as "listening on HOST:PORT").
   std::string address = "127.0.0.1:50061";
   // host:port of the plain-HTTP side: /metrics (Prometheus), /live and /ready (Kubernetes
@@ -48,6 +59,10 @@ struct WorkerConfig {
   int max_step_tokens = 512;
   // On SIGINT/SIGTERM: how long running streams may go on before they are cancelled.
   double drain_seconds = 5.0;
+
+  // Not a key: set by FinalizeWorkerConfig to what is loaded — `model` itself for a path, the
+  // snapshot or artifact directory for a repo id.
+  std::string model_path;
 };
 
 // The config keys, in the order the example file lists them.
@@ -69,8 +84,18 @@ absl::Status ParseWorkerConfigYaml(absl::string_view yaml, absl::string_view wha
 // Reads and parses `path` on top of `config`. NOT_FOUND when the file cannot be read.
 absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config);
 
-// Checks what a single field cannot (model present) and fills served_model_name when empty.
-absl::Status FinalizeWorkerConfig(WorkerConfig* config);
+// Checks what a single field cannot (model present), resolves `model` to model_path and fills
+// served_model_name when empty. A repo id is looked up in the cache (cache_dir, else the
+// environment's default; `getenv_fn` is injectable for tests): NOT_FOUND "repo X revision Y is
+// not in the cache at DIR (run `shardserve pull X`)", or for a missing artifact "repo X revision
+// Y (commit C) has no int4 artifact in the cache at DIR (run `shardserve pull X --quantize
+// int4`)". INVALID_ARGUMENT for `quantization` or a non-default `revision` with a path, and for
+// a malformed repo id or revision.
+absl::Status FinalizeWorkerConfig(WorkerConfig* config,
+                                  const char* (*getenv_fn)(const char*) = nullptr);
+
+// $SHARDSERVE_CACHE, else $HOME/.cache/shardserve; INVALID_ARGUMENT when neither is set.
+absl::StatusOr<std::string> DefaultCacheDir(const char* (*getenv_fn)(const char*) = nullptr);
 
 // The served name derived from a model path: a GGUF file's base name without ".gguf" and a
 // trailing quantization tag ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"), a

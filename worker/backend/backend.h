@@ -26,6 +26,8 @@
 namespace shardserve {
 
 // How a matmul with GGML block-quantized weights (Q8_0, Q4_0, Q4_1) treats its activations.
+// Other weight types, hub_sync's int8 / int4 / nf4 artifacts included, always multiply f32
+// activations (kF32's arithmetic) in either mode.
 enum class ActivationMode {
   // f32 activations times weights dequantized on the fly, f32 accumulation: the arithmetic of
   // HF transformers in f32 on the dequantized weights.

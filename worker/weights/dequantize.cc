@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/status_macros.h"
 
 // Values must be rounded exactly as ggml and numpy round them: d * q + m is two roundings, never
 // one fused multiply-add. The build passes -ffp-contract=off; clang also honours the pragma.
@@ -32,6 +33,11 @@ uint32_t LoadU32(const uint8_t* p) {
          (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
 }
 float LoadF16(const uint8_t* p) { return F16ToF32(LoadU16(p)); }
+float LoadF32(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, sizeof(f));
+  return f;
+}
 float BitsToF32(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, sizeof(f));
@@ -310,9 +316,110 @@ float F8E4M3ToF32(uint8_t v) {
 // E5M2 is the top byte of an IEEE half.
 float F8E5M2ToF32(uint8_t v) { return F16ToF32(static_cast<uint16_t>(v) << 8); }
 
-bool CanDequantize(DType dtype) { return IsPlainFloat(dtype) || BlockFunction(dtype) != nullptr; }
+bool CanDequantize(DType dtype) {
+  return IsPlainFloat(dtype) || BlockFunction(dtype) != nullptr || IsQuantizedLinear(dtype);
+}
+
+float Nf4Absmax(const QuantParts& q, int64_t block) {
+  if (q.nested_code == nullptr) return LoadF32(q.absmax + 4 * block);
+  const float code = LoadF32(q.nested_code + 4 * static_cast<int64_t>(q.absmax[block]));
+  const float scale = LoadF32(q.nested_absmax + 4 * (block / q.nested_group));
+  return code * scale + q.nested_offset;
+}
+
+void DequantizeQuantizedRow(DType dtype, const uint8_t* data, const QuantParts& q, int64_t row,
+                            int64_t cols, float* dst) {
+  const int64_t r = q.row0 + row;
+  switch (dtype) {
+    case DType::kInt8Channel: {
+      const float scale = LoadF32(q.scales + 4 * r);
+      const int8_t* codes = reinterpret_cast<const int8_t*>(data + r * q.full_cols + q.col0);
+      for (int64_t k = 0; k < cols; ++k) dst[k] = static_cast<float>(codes[k]) * scale;
+      return;
+    }
+    case DType::kAwqInt4: {
+      const int64_t words = q.full_rows / 8;  // int32 per qweight / qzeros row
+      const int shift = 4 * kAwqNibble[r % 8];
+      for (int64_t k = 0; k < cols; ++k) {
+        const int64_t in = q.col0 + k;
+        const int64_t g = in / q.group;
+        const int w = static_cast<int>((LoadU32(data + 4 * (in * words + r / 8)) >> shift) & 15u);
+        const int z = static_cast<int>((LoadU32(q.zeros + 4 * (g * words + r / 8)) >> shift) & 15u);
+        const float s = LoadF16(q.scales + 2 * (g * q.full_rows + r));
+        dst[k] = static_cast<float>(w - z) * s;
+      }
+      return;
+    }
+    case DType::kNf4: {
+      float code[16];
+      for (int i = 0; i < 16; ++i) code[i] = LoadF32(q.code + 4 * i);
+      int64_t block = -1;
+      float absmax = 0.0f;
+      for (int64_t k = 0; k < cols; ++k) {
+        const int64_t e = r * q.full_cols + q.col0 + k;
+        if (e / q.group != block) {
+          block = e / q.group;
+          absmax = Nf4Absmax(q, block);
+        }
+        const uint8_t byte = data[e / 2];
+        const int nibble = (e % 2 == 0) ? byte >> 4 : byte & 15;
+        dst[k] = code[nibble] * absmax;
+      }
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+absl::Status CheckQuantParts(const TensorView& view) {
+  const absl::string_view name(view.name);
+  auto fail = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' (", Name(view.dtype), "): ", why));
+  };
+  if (!IsQuantizedLinear(view.dtype)) return fail("not a quantized linear type");
+  const QuantParts& q = view.quant;
+  if (view.shape.size() != 2)
+    return fail(absl::StrCat("shape ", ShapeString(view.shape), " is not 2-D"));
+  if (q.full_rows <= 0 || q.full_cols <= 0 || q.row0 < 0 || q.col0 < 0 || view.shape[0] < 0 ||
+      view.shape[1] < 0 || q.row0 + view.shape[0] > q.full_rows ||
+      q.col0 + view.shape[1] > q.full_cols) {
+    return fail(absl::StrCat("window [", q.row0, "+", view.shape[0], ", ", q.col0, "+",
+                             view.shape[1], "] is outside the stored [", q.full_rows, ", ",
+                             q.full_cols, "]"));
+  }
+  if (view.data == nullptr) return fail("no codes");
+  switch (view.dtype) {
+    case DType::kInt8Channel:
+      if (q.scales == nullptr) return fail("no scales");
+      break;
+    case DType::kAwqInt4:
+      if (q.scales == nullptr || q.zeros == nullptr) return fail("no scales or zeros");
+      if (q.full_rows % 8 != 0) {
+        return fail(absl::StrCat(q.full_rows, " output features are not a multiple of 8"));
+      }
+      if (q.group <= 0 || q.full_cols % q.group != 0) {
+        return fail(absl::StrCat("group size ", q.group, " does not divide ", q.full_cols,
+                                 " input features"));
+      }
+      break;
+    default:  // kNf4
+      if (q.code == nullptr || q.absmax == nullptr) return fail("no quant_map or absmax");
+      if (q.group <= 0) return fail(absl::StrCat("block size ", q.group));
+      if (q.nested_code != nullptr && (q.nested_absmax == nullptr || q.nested_group <= 0)) {
+        return fail("double quantization without nested_absmax or nested block size");
+      }
+      break;
+  }
+  return absl::OkStatus();
+}
 
 absl::Status DequantizeRow(DType dtype, const uint8_t* src, int64_t n, float* dst) {
+  if (IsQuantizedLinear(dtype)) {
+    return absl::UnimplementedError(absl::StrCat("dequantization of ", Name(dtype),
+                                                 " needs its scales (DequantizeQuantizedRow)"));
+  }
   if (!CanDequantize(dtype)) {
     return absl::UnimplementedError(
         absl::StrCat("dequantization of ", Name(dtype), " to F32 is not supported"));
@@ -377,6 +484,14 @@ absl::StatusOr<std::vector<float>> DequantizeToF32(const TensorView& view) {
     return absl::ResourceExhaustedError(absl::StrCat("tensor '", name, "': too large"));
   }
   std::vector<float> out(static_cast<size_t>(total));
+  if (IsQuantizedLinear(view.dtype)) {
+    RETURN_IF_ERROR(CheckQuantParts(view));
+    for (int64_t r = 0; r < view.shape[0]; ++r) {
+      DequantizeQuantizedRow(view.dtype, view.data, view.quant, r, view.shape[1],
+                             out.data() + r * view.shape[1]);
+    }
+    return out;
+  }
   const std::optional<size_t> row_bytes = BytesForElements(view.dtype, inner);
   // A hand-built view with row_stride 0 is taken as contiguous (as TensorView does).
   const bool contiguous = view.shape.size() <= 1 || view.shape[0] <= 1 || view.row_stride == 0 ||

@@ -1,6 +1,11 @@
-// Element types of weight tensors: the safetensors dtypes and the GGML block-quantized types.
-// A block type packs `block_elems` consecutive values of a row into `block_bytes` bytes; plain
-// types have block_elems == 1.
+// Element types of weight tensors: the safetensors dtypes, the GGML block-quantized types, and the
+// quantized linear weights of hub_sync's artifacts. A block type packs `block_elems` consecutive
+// values of a row into `block_bytes` bytes; plain types have block_elems == 1.
+//
+// The artifact types (kInt8Channel, kAwqInt4, kNf4) are logical: one linear weight [out, in]
+// whose codes are one stored tensor and whose scales, zero points or absmax values are others
+// (TensorView::quant holds them; see tensor.h). Their block_elems / block_bytes give the size of
+// the codes alone (1 byte per value, 2 values per byte, 2 values per byte).
 #ifndef SHARDSERVE_WORKER_WEIGHTS_DTYPE_H_
 #define SHARDSERVE_WORKER_WEIGHTS_DTYPE_H_
 
@@ -40,7 +45,14 @@ enum class DType : uint8_t {
   kQ5_K,
   kQ6_K,
   kQ8_K,
+  // hub_sync artifacts (worker/weights/quant_formats.h has the on-disk layouts).
+  kInt8Channel,  // int8 codes [out, in], an f32 scale per output row
+  kAwqInt4,      // AutoAWQ GEMM packing: 4-bit codes, f16 scale and 4-bit zero per group of inputs
+  kNf4,          // bitsandbytes NF4: 4-bit codes into a 16-value map, absmax per block of values
 };
+
+// True for kInt8Channel, kAwqInt4 and kNf4: values need TensorView::quant besides `data`.
+bool IsQuantizedLinear(DType dtype);
 
 struct DTypeInfo {
   DType dtype;

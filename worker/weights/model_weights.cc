@@ -3,6 +3,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <system_error>
 #include <utility>
 
@@ -10,10 +11,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/json.h"
 #include "common/status_macros.h"
 #include "worker/weights/dequantize.h"
 #include "worker/weights/dtype.h"
+#include "worker/weights/quant_formats.h"
+#include "worker/weights/quantized_linear.h"
 
 namespace shardserve {
 namespace {
@@ -111,19 +116,125 @@ absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Open(const std::stri
   std::unique_ptr<ModelWeights> w(new ModelWeights());
   w->path_ = path;
   w->format_ = WeightFormat::kSafetensors;
-  ASSIGN_OR_RETURN(w->config_,
-                   LoadHfConfig((std::filesystem::path(path) / "config.json").string()));
+  const std::string config_path = (std::filesystem::path(path) / "config.json").string();
+  ASSIGN_OR_RETURN(w->config_, LoadHfConfig(config_path));
+  ASSIGN_OR_RETURN(std::optional<ArtifactInfo> artifact, ReadArtifactInfo(path, config_path));
   ASSIGN_OR_RETURN(w->checkpoint_, SafetensorsCheckpoint::Open(path));
+
+  // Stored tensors by name; a quantized layer's tensors become one logical tensor.
+  std::map<std::string, TensorView, std::less<>> stored;
   for (const std::string& name : w->checkpoint_->TensorNames()) {
+    ASSIGN_OR_RETURN(TensorView view, w->checkpoint_->Get(name));
+    stored.emplace(name, std::move(view));
+  }
+  std::set<std::string, std::less<>> consumed;
+  if (artifact.has_value()) {
+    w->quantization_ = std::string(quant::SchemeName(artifact->scheme));
+    const absl::string_view marker = QuantizedLinearMarkerSuffix(artifact->scheme);
+    const StoredTensorLookup lookup = [&stored](absl::string_view name) -> const TensorView* {
+      auto it = stored.find(name);
+      return it == stored.end() ? nullptr : &it->second;
+    };
+    for (const auto& [name, view] : stored) {
+      absl::string_view prefix = name;
+      if (!absl::ConsumeSuffix(&prefix, marker)) continue;
+      ASSIGN_OR_RETURN(
+          QuantizedLinear linear,
+          AssembleQuantizedLinear(artifact->scheme, prefix, lookup, artifact->group_size, path));
+      consumed.insert(linear.parts.begin(), linear.parts.end());
+      std::string hf_name = linear.view.name;
+      if (hf_name == "lm_head.weight" && w->config_.tie_word_embeddings) continue;
+      RETURN_IF_ERROR(
+          w->Add(hf_name, std::move(linear.view), absl::StrJoin(linear.parts, " + "), 0));
+    }
+  }
+  for (const auto& [name, view] : stored) {
+    if (consumed.count(name) > 0) continue;
     // Non-persistent rotary buffers that some exports still carry.
     if (absl::EndsWith(name, ".rotary_emb.inv_freq")) continue;
     // transformers ignores a stored lm_head when the embeddings are tied.
     if (name == "lm_head.weight" && w->config_.tie_word_embeddings) continue;
-    ASSIGN_OR_RETURN(TensorView view, w->checkpoint_->Get(name));
-    RETURN_IF_ERROR(w->Add(name, std::move(view), name, 0));
+    RETURN_IF_ERROR(w->Add(name, view, name, 0));
   }
   RETURN_IF_ERROR(w->Validate());
   return w;
+}
+
+absl::StatusOr<std::optional<ModelWeights::ArtifactInfo>> ModelWeights::ReadArtifactInfo(
+    const std::string& dir, const std::string& config_path) {
+  ASSIGN_OR_RETURN(nlohmann::json config, ParseJsonFile(config_path));
+  const std::string manifest_path =
+      (std::filesystem::path(dir) / std::string(quant::kManifestFileName)).string();
+  std::error_code ec;
+  const bool has_manifest = std::filesystem::exists(manifest_path, ec);
+  const bool quantized = config.is_object() && config.contains("quantization_config");
+  if (!quantized && !has_manifest) return std::nullopt;
+  if (!quantized) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": has a manifest.json but config.json has no quantization_config"));
+  }
+  if (!has_manifest) {
+    return absl::NotFoundError(
+        absl::StrCat(dir,
+                     ": config.json has a quantization_config but there is no manifest.json: not a "
+                     "complete hub_sync artifact (an artifact without its manifest does not exist; "
+                     "quantize it again with `shardserve pull --quantize`)"));
+  }
+  ASSIGN_OR_RETURN(nlohmann::json manifest, ParseJsonFile(manifest_path));
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(manifest_path, ": ", why));
+  };
+  if (!manifest.is_object()) return bad("not a JSON object");
+  const nlohmann::json& qc = config["quantization_config"];
+  if (!qc.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(config_path, ": \"quantization_config\" is not an object"));
+  }
+  ArtifactInfo info;
+  try {
+    const std::string format = manifest.value("format", std::string());
+    if (format != quant::kManifestFormat) {
+      return bad(absl::StrCat("\"format\" is '", format, "', expected '",
+                              AbslView(quant::kManifestFormat), "'"));
+    }
+    const int version = manifest.value("format_version", 0);
+    if (version != quant::kManifestFormatVersion) {
+      return absl::UnimplementedError(absl::StrCat(manifest_path, ": format_version ", version,
+                                                   " is not supported (this "
+                                                   "worker reads version ",
+                                                   quant::kManifestFormatVersion, ")"));
+    }
+    const std::string scheme = manifest.value("scheme", std::string());
+    std::optional<quant::QuantScheme> parsed = quant::ParseScheme(scheme);
+    if (!parsed.has_value()) {
+      return absl::UnimplementedError(absl::StrCat(manifest_path, ": scheme '", scheme,
+                                                   "' is not supported (int8, int4, nf4)"));
+    }
+    info.scheme = *parsed;
+    // The quant_method transformers would dispatch on must agree with the manifest.
+    const std::string method = qc.value("quant_method", std::string());
+    const char* expected = info.scheme == quant::QuantScheme::kInt8   ? "compressed-tensors"
+                           : info.scheme == quant::QuantScheme::kInt4 ? "awq"
+                                                                      : "bitsandbytes";
+    if (method != expected) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config_path, ": quantization_config.quant_method is '", method,
+                       "' but manifest.json's "
+                       "scheme ",
+                       scheme, " needs '", expected, "'"));
+    }
+    if (info.scheme == quant::QuantScheme::kInt4) {
+      const nlohmann::json& g = qc["group_size"];
+      if (!g.is_number_integer() || g.get<int64_t>() <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            config_path, ": quantization_config.group_size must be a positive integer for int4"));
+      }
+      info.group_size = g.get<int64_t>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return bad(absl::StrCat("malformed: ", e.what()));
+  }
+  return info;
 }
 
 absl::StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::FromGguf(

@@ -21,6 +21,15 @@
 //   - `rope_freqs.weight` (Llama-3.1 RoPE frequency factors, no HF equivalent) is exposed under
 //     that name when present.
 //
+// hub_sync artifacts (an HF directory whose config.json has a "quantization_config" and whose
+// manifest.json says "format": "shardserve-quantized"; layouts in quant_formats.h): each
+// quantized linear layer's stored tensors (int8 P.weight + P.weight_scale; int4 P.qweight,
+// P.qzeros, P.scales; nf4 P.weight + P.weight.absmax + ...) are exposed as the one tensor
+// "P.weight" [out, in] of dtype kInt8Channel / kAwqInt4 / kNf4 whose TensorView::quant points at
+// the companions (zero-copy); everything else as stored. quantization() names the scheme. A
+// directory with a quantization_config but no manifest.json is refused (NOT_FOUND: an artifact
+// without its manifest is unfinished), as is a manifest for another format or scheme.
+//
 // Views are zero-copy and valid while this object lives. Immutable after Open; thread-safe.
 #ifndef SHARDSERVE_WORKER_WEIGHTS_MODEL_WEIGHTS_H_
 #define SHARDSERVE_WORKER_WEIGHTS_MODEL_WEIGHTS_H_
@@ -29,6 +38,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +46,7 @@
 #include "absl/strings/string_view.h"
 #include "worker/model/config.h"
 #include "worker/weights/gguf.h"
+#include "worker/weights/quant_formats.h"
 #include "worker/weights/safetensors.h"
 #include "worker/weights/tensor.h"
 
@@ -45,11 +56,13 @@ enum class WeightFormat { kGguf, kSafetensors };
 
 class ModelWeights {
  public:
-  // `path` is a .gguf file or an HF model directory (config.json + model.safetensors or
-  // model.safetensors.index.json + shards). Errors name the path, the tensor and the problem:
-  // NOT_FOUND for a missing file or tensor, INVALID_ARGUMENT for a wrong shape, an unexpected or
-  // unmappable tensor, or an invalid config; UNIMPLEMENTED for a tensor type that cannot be
-  // dequantized.
+  // `path` is a .gguf file, an HF model directory (config.json + model.safetensors or
+  // model.safetensors.index.json + shards) or a hub_sync artifact directory. Errors name the
+  // path, the tensor and the problem: NOT_FOUND for a missing file or tensor (or an artifact's
+  // manifest.json), INVALID_ARGUMENT for a wrong shape, an unexpected or unmappable tensor, an
+  // invalid config or a quantized layer whose tensors do not fit its scheme; UNIMPLEMENTED for a
+  // tensor type that cannot be dequantized or an artifact scheme / format version this worker
+  // does not read.
   static absl::StatusOr<std::unique_ptr<ModelWeights>> Open(const std::string& path);
   // From an already parsed GGUF (e.g. GgufFile::FromBytes); takes ownership.
   static absl::StatusOr<std::unique_ptr<ModelWeights>> FromGguf(std::unique_ptr<GgufFile> file);
@@ -64,6 +77,8 @@ class ModelWeights {
   bool QkRowsInterleaved() const { return format_ == WeightFormat::kGguf; }
   // The GGUF file (metadata such as the tokenizer), or nullptr for safetensors.
   const GgufFile* gguf() const { return gguf_.get(); }
+  // A hub_sync artifact's scheme ("int8", "int4", "nf4"), or "" for any other checkpoint.
+  const std::string& quantization() const { return quantization_; }
 
   // HF tensor names, sorted.
   std::vector<std::string> TensorNames() const;
@@ -81,7 +96,15 @@ class ModelWeights {
     int64_t qk_heads = 0;  // > 0: rows are GGUF-permuted in this many heads
   };
 
+  struct ArtifactInfo {
+    quant::QuantScheme scheme = quant::QuantScheme::kInt8;
+    int64_t group_size = 0;  // int4: config.json's quantization_config.group_size
+  };
+
   ModelWeights() = default;
+  // nullopt for a plain HF directory (no quantization_config and no manifest.json).
+  static absl::StatusOr<std::optional<ArtifactInfo>> ReadArtifactInfo(
+      const std::string& dir, const std::string& config_path);
   absl::Status AddGgufTensor(const TensorView& tensor);
   absl::Status Add(std::string hf_name, TensorView view, std::string source, int64_t qk_heads);
   absl::Status Validate() const;
@@ -90,6 +113,7 @@ class ModelWeights {
   std::string path_;
   ModelConfig config_;
   WeightFormat format_ = WeightFormat::kSafetensors;
+  std::string quantization_;
   std::unique_ptr<GgufFile> gguf_;
   std::unique_ptr<SafetensorsCheckpoint> checkpoint_;
   std::map<std::string, Entry, std::less<>> tensors_;

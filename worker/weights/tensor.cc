@@ -44,6 +44,9 @@ size_t TensorView::ByteSize() const {
 }
 
 bool TensorView::IsContiguous() const {
+  if (IsQuantizedLinear(dtype)) {
+    return shape.size() == 2 && quant.col0 == 0 && shape[1] == quant.full_cols;
+  }
   if (shape.size() <= 1 || shape[0] <= 1) return true;
   return row_stride == 0 || row_stride == RowBytes();
 }
@@ -59,6 +62,14 @@ absl::StatusOr<TensorView> TensorView::RowRange(int64_t begin, int64_t end) cons
   }
   TensorView out = *this;
   out.shape[0] = end - begin;
+  if (IsQuantizedLinear(dtype)) {
+    if (shape.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Describe(*this), ": a quantized linear weight must be 2-D"));
+    }
+    out.quant.row0 += begin;
+    return out;
+  }
   if (shape.size() == 1) {
     // Rows of a 1-D tensor are single elements; for block types the range must cover whole
     // blocks.
@@ -86,6 +97,12 @@ absl::StatusOr<TensorView> TensorView::ColumnRange(int64_t begin, int64_t end) c
   if (begin < 0 || begin > end || end > shape[1]) {
     return absl::InvalidArgumentError(absl::StrCat(Describe(*this), ": column range [", begin, ", ",
                                                    end, ") is outside [0, ", shape[1], ")"));
+  }
+  if (IsQuantizedLinear(dtype)) {
+    TensorView out = *this;
+    out.shape[1] = end - begin;
+    out.quant.col0 += begin;
+    return out;
   }
   std::optional<size_t> offset = BytesForElements(dtype, static_cast<uint64_t>(begin));
   if (!offset || !BytesForElements(dtype, static_cast<uint64_t>(end))) {

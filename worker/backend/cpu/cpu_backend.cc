@@ -1,6 +1,9 @@
 #include "worker/backend/cpu/cpu_backend.h"
 
 #include <sched.h>
+#if defined(SHARDSERVE_CPU_X86)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -114,8 +117,12 @@ class CpuBackend : public Backend {
         std::fill(row, row + w.cols, 0.0f);
         continue;
       }
-      (void)DequantizeRow(w.dtype, w.data + static_cast<size_t>(ids[i]) * w.row_stride, w.cols,
-                          row);
+      if (IsQuantizedLinear(w.dtype)) {
+        DequantizeQuantizedRow(w.dtype, w.data, w.quant, ids[i], w.cols, row);
+      } else {
+        (void)DequantizeRow(w.dtype, w.data + static_cast<size_t>(ids[i]) * w.row_stride, w.cols,
+                            row);
+      }
     }
   }
 
@@ -185,8 +192,10 @@ const char* CpuIsaName(CpuIsa isa) {
 CpuIsa DetectCpuIsa() {
 #if defined(SHARDSERVE_CPU_X86)
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 directly: clang 14's __builtin_cpu_supports does not know "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512vnni");

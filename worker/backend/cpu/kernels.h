@@ -16,7 +16,10 @@
 //  * "F32 order" (f32 activations): 16 lanes, lane j accumulates fma(w[i], x[i], acc[j]) for
 //    i ≡ j (mod 16) in increasing i (a zero-padded final chunk when the length is not a
 //    multiple of 16), reduced as s8[j] = a[j] + a[j+8], s4[j] = s8[j] + s8[j+4], s2[j] = s4[j] +
-//    s4[j+2], result s2[0] + s2[1]. Weight values are exactly DequantizeRow's.
+//    s4[j+2], result s2[0] + s2[1]. Weight values are exactly DequantizeRow's (for the artifact
+//    types kInt8Channel, kAwqInt4, kNf4: DequantizeQuantizedRow's, i.e. quant_formats.h's
+//    Dequantize* values), so a quantized matrix gives bit for bit what the same matrix
+//    dequantized to F32 gives. The artifact types always take f32 activations (both modes).
 #ifndef SHARDSERVE_WORKER_BACKEND_CPU_KERNELS_H_
 #define SHARDSERVE_WORKER_BACKEND_CPU_KERNELS_H_
 
@@ -24,6 +27,7 @@
 #include <cstdint>
 
 #include "worker/weights/dtype.h"
+#include "worker/weights/tensor.h"
 
 namespace shardserve::cpu {
 
@@ -40,13 +44,15 @@ struct alignas(64) Q8Block {
 static_assert(sizeof(Q8Block) == 64, "Q8Block is one cache line");
 
 // A weight matrix as the kernels see it: `rows` rows of `cols` values of `dtype`, row r at
-// data + r * row_stride (any alignment).
+// data + r * row_stride (any alignment). Quantized linear types (IsQuantizedLinear) are the
+// window `quant` describes instead (row_stride unused; checked with CheckQuantParts).
 struct WeightView {
   const uint8_t* data = nullptr;
   size_t row_stride = 0;
   int64_t rows = 0;
   int64_t cols = 0;
   DType dtype = DType::kF32;
+  QuantParts quant;
 };
 
 // y[t * ldy + r] for rows r in [r0, r1) and tokens t in [0, n).
@@ -54,6 +60,10 @@ struct GemmOut {
   float* y = nullptr;
   int64_t ldy = 0;
 };
+
+// Rows of floats gemm_f32's scratch holds: an artifact weight's rows decoded once per call and
+// reused by every token (prefill), one AWQ word (8 outputs) at a time.
+inline constexpr int64_t kGemmScratchRows = 8;
 
 struct CpuKernels {
   const char* name;
@@ -66,8 +76,11 @@ struct CpuKernels {
   void (*gemm_q8)(const WeightView& w, int64_t r0, int64_t r1, const Q8Block* xq, int64_t x_stride,
                   int n, GemmOut out);
 
-  // f32 activations (F32 order) for F32, F16, BF16, Q4_0, Q4_1, Q8_0 weights; any other type
-  // DequantizeRow supports is dequantized one row at a time into `scratch` (cols floats).
+  // f32 activations (F32 order) for F32, F16, BF16, Q4_0, Q4_1, Q8_0, kInt8Channel, kAwqInt4
+  // and kNf4 weights (the last three decoded in registers when their window is whole 16-value
+  // chunks, see kernels_x86.h); any other type DequantizeRow supports, or an artifact window that
+  // is not, is dequantized one row at a time into `scratch`. Same result either way. `scratch`
+  // holds kGemmScratchRows · cols floats (cols suffice for the other types).
   // x is n rows, row t at x + t * ldx.
   void (*gemm_f32)(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
                    GemmOut out, float* scratch);

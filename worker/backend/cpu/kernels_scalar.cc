@@ -134,9 +134,14 @@ float DotF16(const float* a, const uint16_t* b, int64_t n) {
 
 void GemmF32(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
              GemmOut out, float* scratch) {
+  const bool quantized = IsQuantizedLinear(w.dtype);
   for (int64_t r = r0; r < r1; ++r) {
     // Shapes and types were checked when the matrix was prepared.
-    (void)DequantizeRow(w.dtype, w.data + r * w.row_stride, w.cols, scratch);
+    if (quantized) {
+      DequantizeQuantizedRow(w.dtype, w.data, w.quant, r, w.cols, scratch);
+    } else {
+      (void)DequantizeRow(w.dtype, w.data + r * w.row_stride, w.cols, scratch);
+    }
     for (int t = 0; t < n; ++t) out.y[t * out.ldy + r] = DotF32(scratch, x + t * ldx, w.cols);
   }
 }

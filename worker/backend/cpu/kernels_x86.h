@@ -565,6 +565,521 @@ void GemmF32Typed(const WeightView& w, int64_t r0, int64_t r1, const float* x, i
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// hub_sync's artifact types (kInt8Channel, kAwqInt4, kNf4) in F32 order. Each 16-value chunk of a
+// row is decoded in registers to exactly DequantizeQuantizedRow's values (the same float32
+// operations: a convert, one multiply) and then goes through the F32-order fma, so the result is
+// bit for bit that of the dequantized F32 matrix. The fast paths need the window to be whole
+// 16-value chunks that never straddle a group / absmax block (QuantChunked); GemmF32 sends any
+// other window through DequantizeQuantizedRow + the F32 tile, which computes the same values.
+//
+// Roofline at decode (n = 1) on SmolLM2-135M's shapes (in 576 except down_proj's 1536; group 64
+// for int4, block 64 for nf4): each call does 2·out·in flops and reads its weight once, and x
+// (4·in bytes) and y (4·out bytes) from L1. Bytes of the weight per call:
+//   int8:  out·in (codes) + 4·out (scales)           q/o 334 KB, k/v 111 KB, gate/up/down 891 KB:
+//          2.0 flops/byte; 3.56 MB per layer.
+//   int4:  out·in/2 + out·in/G/2 (zeros) + 2·out·in/G (scales): 0.539 bytes per weight at G = 64,
+//          q/o 179 KB, k/v 60 KB, gate/up/down 477 KB: 3.7 flops/byte; 1.91 MB per layer.
+//   nf4:   out·in/2 + 4·out·in/64 (f32 absmax) = 0.5625 bytes per weight, 3.6 flops/byte, 1.99 MB
+//          per layer; double-quantized 0.516 bytes (1-byte absmax codes + f32 per 256 blocks).
+//   (bf16 for comparison: 2 bytes per weight, 1 flop/byte, 7.08 MB per layer.) Every scheme is
+//   below this machine's flops/byte balance at n = 1, so decode is bound by weight bytes when
+//   the decode of a chunk costs less than its load: per 16 values, int8 is 4 vector ops
+//   (sign-extend, convert, multiply, fma), nf4 9 (nibble split and interleave, widen, one
+//   vpermps with AVX-512 or two and a blend with AVX2, multiply, fma), int4 ~6 per output plus
+//   a 16-word gather shared by the 8 outputs of a word.
+
+inline bool QuantChunked(const WeightView& w) {
+  const QuantParts& q = w.quant;
+  if (w.cols % 16 != 0 || q.col0 % 16 != 0) return false;
+  if (w.dtype == DType::kAwqInt4) return q.group % 16 == 0;
+  if (w.dtype == DType::kNf4) return q.full_cols % 16 == 0 && q.group % 16 == 0;
+  return true;
+}
+
+inline uint32_t U32At(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline float F32At(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// 16 lanes of int32.
+#if defined(__AVX512F__)
+struct I16 {
+  __m512i v;
+};
+// Words at base + j·stride for j in [0, 16).
+inline I16 Gather16(const uint8_t* base, int stride) {
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(stride));
+  return {_mm512_i32gather_epi32(idx, base, 1)};
+}
+// float(((v >> shift) & 15) - zero), exact.
+inline V16 NibbleMinus16(I16 v, int shift, int zero) {
+  const __m512i q =
+      _mm512_and_si512(_mm512_srl_epi32(v.v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(15));
+  return {_mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(zero)))};
+}
+struct Nf4Table {
+  __m512 t;
+  explicit Nf4Table(const float* code) : t(_mm512_loadu_ps(code)) {}
+};
+// The codes of 16 consecutive values whose nibbles are the 8 bytes at p (high nibble first).
+// vpermps reads only bits 0-3 of each index, so lane 2i / 2i + 1 just needs byte i shifted right
+// by 4 / 0: spread the two dwords over the lanes (vpermd), one variable shift, one lookup.
+inline V16 Nf4Codes16(const uint8_t* p, const Nf4Table& table) {
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i shifts =
+      _mm512_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24, 4, 0, 12, 8, 20, 16, 28, 24);
+  const __m512i v = _mm512_permutexvar_epi32(
+      spread, _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  return {_mm512_permutexvar_ps(_mm512_srlv_epi32(v, shifts), table.t)};
+}
+#else
+struct I16 {
+  __m256i lo, hi;
+};
+inline I16 Gather16(const uint8_t* base, int stride) {
+  const __m256i idx =
+      _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+  const int* b = reinterpret_cast<const int*>(base);
+  const int* b8 = reinterpret_cast<const int*>(base + 8 * static_cast<int64_t>(stride));
+  return {_mm256_i32gather_epi32(b, idx, 1), _mm256_i32gather_epi32(b8, idx, 1)};
+}
+inline V16 NibbleMinus16(I16 v, int shift, int zero) {
+  const __m128i s = _mm_cvtsi32_si128(shift);
+  const __m256i m = _mm256_set1_epi32(15);
+  const __m256i z = _mm256_set1_epi32(zero);
+  const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(v.lo, s), m), z);
+  const __m256i hi = _mm256_sub_epi32(_mm256_and_si256(_mm256_srl_epi32(v.hi, s), m), z);
+  return {_mm256_cvtepi32_ps(lo), _mm256_cvtepi32_ps(hi)};
+}
+struct Nf4Table {
+  __m256 lo, hi;
+  explicit Nf4Table(const float* code) : lo(_mm256_loadu_ps(code)), hi(_mm256_loadu_ps(code + 8)) {}
+};
+// Index bits 0-2 pick within a table half (vpermps ignores the rest), bit 3 picks the half.
+inline __m256 Nf4Lookup8(__m256i idx, const Nf4Table& table) {
+  const __m256 a = _mm256_permutevar8x32_ps(table.lo, idx);
+  const __m256 b = _mm256_permutevar8x32_ps(table.hi, idx);
+  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3
+}
+// As the AVX-512 version: each of the 4 bytes of a dword, broadcast, shifted to its two lanes.
+inline V16 Nf4Codes16(const uint8_t* p, const Nf4Table& table) {
+  const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+  const __m256i lo = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(U32At(p))), shifts);
+  const __m256i hi = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(U32At(p + 4))), shifts);
+  return {Nf4Lookup8(lo, table), Nf4Lookup8(hi, table)};
+}
+#endif
+
+// One row of an int8 window: value = float(code) * scale.
+struct Int8Row {
+  const uint8_t* codes;  // window column 0
+  float scale;
+  V16 Load(int64_t c) const {
+    return Mul16(I8x16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + c))), scale);
+  }
+};
+
+// One row of an nf4 window: value = code[nibble] * absmax[block]. Load(c) must be called with
+// c = 0, 16, 32, ... in order (the block is tracked, never divided for: an integer division per
+// chunk would cost as much as the chunk's arithmetic).
+struct Nf4Row {
+  Nf4Row(const uint8_t* data, const QuantParts* q, const Nf4Table* table, int64_t e0)
+      : data(data), q(q), table(table), e0(e0) {}
+  Nf4Row() = default;
+
+  const uint8_t* data = nullptr;  // the whole weight's packed codes
+  const QuantParts* q = nullptr;
+  const Nf4Table* table = nullptr;
+  int64_t e0 = 0;  // element index of window column 0 (a multiple of 16)
+  mutable int64_t block = -1;
+  mutable int64_t block_end = 0;   // first element of the next block
+  mutable int64_t nested = 0;      // block / nested_group
+  mutable int64_t nested_end = 0;  // first block of the next nested block
+  mutable float absmax = 0.0f;
+
+  V16 Load(int64_t c) const {
+    const int64_t e = e0 + c;
+    if (e >= block_end || block < 0) {
+      if (block < 0) {
+        block = e / q->group;
+        if (q->nested_code != nullptr) {
+          nested = block / q->nested_group;
+          nested_end = (nested + 1) * q->nested_group;
+        }
+      } else {
+        ++block;
+        if (q->nested_code != nullptr && block >= nested_end) {
+          ++nested;
+          nested_end += q->nested_group;
+        }
+      }
+      block_end = (block + 1) * q->group;
+      if (q->nested_code == nullptr) {
+        absmax = F32At(q->absmax + 4 * block);
+      } else {  // as Nf4Absmax: two roundings
+        const float code = F32At(q->nested_code + 4 * static_cast<int64_t>(q->absmax[block]));
+        absmax = code * F32At(q->nested_absmax + 4 * nested) + q->nested_offset;
+      }
+    }
+    return Mul16(Nf4Codes16(data + e / 2, *table), absmax);
+  }
+};
+
+// R decoded rows x T tokens, F32 order; cols a multiple of 16.
+template <class Row, int R, int T>
+void TileDecoded(const Row* rows, int64_t cols, const float* x, int64_t ldx, int t0, GemmOut out,
+                 int64_t r) {
+  V16 acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[i][t] = Zero16();
+  }
+  for (int64_t c = 0; c < cols; c += 16) {
+    V16 wv[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) wv[i] = rows[i].Load(c);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const V16 xv = Load16(x + (t0 + t) * ldx + c);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) acc[i][t] = Fma16(wv[i], xv, acc[i][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) out.y[(t0 + t) * out.ldy + r + i] = Reduce16(acc[i][t]);
+  }
+}
+
+template <class Row, int R>
+void RowsDecoded(const Row* rows, int64_t cols, const float* x, int64_t ldx, int n, GemmOut out,
+                 int64_t r) {
+  int t = 0;
+  for (; t + kF32Tokens <= n; t += kF32Tokens) {
+    // Decoders carry per-row state (nf4's current block): each token tile starts from a copy.
+    Row copy[R];
+    for (int i = 0; i < R; ++i) copy[i] = rows[i];
+    TileDecoded<Row, R, kF32Tokens>(copy, cols, x, ldx, t, out, r);
+  }
+  for (; t < n; ++t) {
+    Row copy[R];
+    for (int i = 0; i < R; ++i) copy[i] = rows[i];
+    TileDecoded<Row, R, 1>(copy, cols, x, ldx, t, out, r);
+  }
+}
+
+// Up to this many tokens (decode) the artifact kernels decode each chunk in registers for every
+// token tile. Beyond it (prefill) a call decodes kGemmScratchRows rows at a time into scratch
+// once and runs the plain F32 tiles over all its tokens: the same values in the same order, with
+// the decoding paid once per row instead of once per token tile.
+constexpr int kFusedMaxTokens = 2;
+
+// The F32 tiles over `count` decoded rows (row i at decoded + i·cols) for output rows r, r + 1, ...
+void TilesOverDecoded(const float* decoded, int count, int64_t cols, const float* x, int64_t ldx,
+                      int n, GemmOut out, int64_t r) {
+  const uint8_t* rows[kF32Rows];
+  int i = 0;
+  for (; i + kF32Rows <= count; i += kF32Rows) {
+    for (int j = 0; j < kF32Rows; ++j) {
+      rows[j] = reinterpret_cast<const uint8_t*>(decoded + (i + j) * cols);
+    }
+    RowsF32<DType::kF32, kF32Rows>(rows, cols, x, ldx, n, out, r + i);
+  }
+  for (; i < count; ++i) {
+    rows[0] = reinterpret_cast<const uint8_t*>(decoded + i * cols);
+    RowsF32<DType::kF32, 1>(rows, cols, x, ldx, n, out, r + i);
+  }
+}
+
+// Rows [r0, r1) through scratch: `make(r)` gives row r's decoder.
+template <class Row, class Make>
+void GemmViaScratch(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
+                    GemmOut out, float* scratch, Make make) {
+  for (int64_t r = r0; r < r1; r += kGemmScratchRows) {
+    const int count = static_cast<int>(std::min<int64_t>(kGemmScratchRows, r1 - r));
+    for (int i = 0; i < count; ++i) {
+      const Row row = make(r + i);
+      float* dst = scratch + i * w.cols;
+      for (int64_t c = 0; c < w.cols; c += 16) Store16(dst + c, row.Load(c));
+    }
+    TilesOverDecoded(scratch, count, w.cols, x, ldx, n, out, r);
+  }
+}
+
+// int8 per channel. Decode: kF32Rows rows x 1 token per tile, 16 codes per chunk sign-extended,
+// converted and scaled (4 vector ops). SmolLM2 q_proj [576, 576] at n = 1: 663,552 flops, reads
+// 331,776 code bytes + 2,304 scale bytes (2.0 flops/byte); gate/up [1536, 576] and down
+// [576, 1536]: 1,769,472 flops, 890,880 bytes.
+void GemmInt8(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
+              GemmOut out, float* scratch) {
+  const QuantParts& q = w.quant;
+  auto row = [&](int64_t r) {
+    const int64_t g = q.row0 + r;
+    return Int8Row{w.data + g * q.full_cols + q.col0, F32At(q.scales + 4 * g)};
+  };
+  if (n > kFusedMaxTokens) {
+    return GemmViaScratch<Int8Row>(w, r0, r1, x, ldx, n, out, scratch, row);
+  }
+  int64_t r = r0;
+  Int8Row rows[kF32Rows];
+  for (; r + kF32Rows <= r1; r += kF32Rows) {
+    for (int i = 0; i < kF32Rows; ++i) rows[i] = row(r + i);
+    RowsDecoded<Int8Row, kF32Rows>(rows, w.cols, x, ldx, n, out, r);
+  }
+  for (; r < r1; ++r) {
+    rows[0] = row(r);
+    RowsDecoded<Int8Row, 1>(rows, w.cols, x, ldx, n, out, r);
+  }
+}
+
+// nf4. Decode: kF32Rows rows x 1 token per tile, 16 codes per chunk from 8 bytes (vpermd +
+// vpsrlvd + one vpermps lookup with AVX-512; two and a blend with AVX2), times the block's
+// absmax. SmolLM2 q_proj at n = 1: 663,552 flops, reads 165,888 code bytes + 20,736 absmax bytes
+// (5,184 + 84 with double quantization): 3.6 flops/byte; gate/up/down: 1,769,472 flops, 497,664
+// bytes.
+void GemmNf4(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
+             GemmOut out, float* scratch) {
+  const QuantParts& q = w.quant;
+  float code[16];
+  std::memcpy(code, q.code, sizeof(code));
+  const Nf4Table table(code);
+  auto row = [&](int64_t r) {
+    return Nf4Row{w.data, &q, &table, (q.row0 + r) * q.full_cols + q.col0};
+  };
+  if (n > kFusedMaxTokens) {
+    return GemmViaScratch<Nf4Row>(w, r0, r1, x, ldx, n, out, scratch, row);
+  }
+  int64_t r = r0;
+  Nf4Row rows[kF32Rows];
+  for (; r + kF32Rows <= r1; r += kF32Rows) {
+    for (int i = 0; i < kF32Rows; ++i) rows[i] = row(r + i);
+    RowsDecoded<Nf4Row, kF32Rows>(rows, w.cols, x, ldx, n, out, r);
+  }
+  for (; r < r1; ++r) {
+    rows[0] = row(r);
+    RowsDecoded<Nf4Row, 1>(rows, w.cols, x, ldx, n, out, r);
+  }
+}
+
+// int4 AWQ, SmolLM2 q_proj at n = 1 (G = 64): 663,552 flops, reads 165,888 qweight bytes +
+// 2,592 qzeros + 10,368 scales bytes (3.7 flops/byte); gate/up [1536, 576]: 1,769,472 flops,
+// 476,928 bytes; down [576, 1536]: 1,769,472 flops, 476,928 bytes. The weight is stored
+// transposed ([in, out / 8]), so a row of W (an output) is a column of qweight: TileAwq gathers
+// it (the AVX2 decode path and the ragged rows), AwqDecode16 (AVX-512 decode) reads rows of
+// qweight and keeps the F32-order lanes transposed instead.
+//
+// AWQ: window rows r .. r + R - 1, which are global outputs o .. o + R - 1 of one int32 word
+// column (o % R == 0, R divides 8), x T tokens. The 16 words of a chunk (inputs k .. k + 15,
+// stride out/2 bytes apart) are gathered once for the R outputs; each output shifts out its
+// nibble, subtracts its group's zero point and scales: float(q - z) * s, as the reference.
+template <int R, int T>
+void TileAwq(const WeightView& w, int64_t r, const float* x, int64_t ldx, int t0, GemmOut out) {
+  const QuantParts& q = w.quant;
+  const int64_t o = q.row0 + r;
+  const int64_t words = q.full_rows / 8;
+  const int stride = static_cast<int>(4 * words);
+  const uint8_t* column = w.data + 4 * (o / 8);
+  int shift[R];
+  int zero[R];
+  float scale[R];
+  for (int i = 0; i < R; ++i) shift[i] = 4 * kAwqNibble[(o + i) % 8];
+  V16 acc[R][T];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[i][t] = Zero16();
+  }
+  // The group is tracked, not divided for (chunks never straddle groups).
+  int64_t group = q.col0 / q.group - 1;
+  int64_t group_end = q.col0;
+  for (int64_t c = 0; c < w.cols; c += 16) {
+    const int64_t k = q.col0 + c;
+    if (k >= group_end) {
+      ++group;
+      group_end = (group + 1) * q.group;
+      const uint32_t zw = U32At(q.zeros + 4 * (group * words + o / 8));
+      for (int i = 0; i < R; ++i) {
+        zero[i] = static_cast<int>((zw >> shift[i]) & 15u);
+        scale[i] = HalfAt(q.scales + 2 * (group * q.full_rows + o + i));
+      }
+    }
+    const I16 wd = Gather16(column + k * stride, stride);
+    V16 xv[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xv[t] = Load16(x + (t0 + t) * ldx + c);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const V16 wv = Mul16(NibbleMinus16(wd, shift[i], zero[i]), scale[i]);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) acc[i][t] = Fma16(wv, xv[t], acc[i][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) out.y[(t0 + t) * out.ldy + r + i] = Reduce16(acc[i][t]);
+  }
+}
+
+// AWQ rows r .. r + R - 1 (as TileAwq) decoded into dst (R rows of w.cols floats).
+template <int R>
+void DecodeAwq(const WeightView& w, int64_t r, float* dst) {
+  const QuantParts& q = w.quant;
+  const int64_t o = q.row0 + r;
+  const int64_t words = q.full_rows / 8;
+  const int stride = static_cast<int>(4 * words);
+  const uint8_t* column = w.data + 4 * (o / 8);
+  int shift[R];
+  int zero[R];
+  float scale[R];
+  for (int i = 0; i < R; ++i) shift[i] = 4 * kAwqNibble[(o + i) % 8];
+  // The group is tracked, not divided for (chunks never straddle groups).
+  int64_t group = q.col0 / q.group - 1;
+  int64_t group_end = q.col0;
+  for (int64_t c = 0; c < w.cols; c += 16) {
+    const int64_t k = q.col0 + c;
+    if (k >= group_end) {
+      ++group;
+      group_end = (group + 1) * q.group;
+      const uint32_t zw = U32At(q.zeros + 4 * (group * words + o / 8));
+      for (int i = 0; i < R; ++i) {
+        zero[i] = static_cast<int>((zw >> shift[i]) & 15u);
+        scale[i] = HalfAt(q.scales + 2 * (group * q.full_rows + o + i));
+      }
+    }
+    const I16 wd = Gather16(column + k * stride, stride);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      Store16(dst + i * w.cols + c, Mul16(NibbleMinus16(wd, shift[i], zero[i]), scale[i]));
+    }
+  }
+}
+
+// Tiles: kAwqRows outputs (the gather serves them all) x kAwqTokens tokens, split in two when
+// the R·T accumulators would not fit in registers (kAwqMaxAcc V16 values).
+#if defined(__AVX512F__)
+constexpr int kAwqRows = 8;
+constexpr int kAwqTokens = 2;
+constexpr int kAwqMaxAcc = 16;
+#else
+constexpr int kAwqRows = 4;
+constexpr int kAwqTokens = 2;
+constexpr int kAwqMaxAcc = 4;
+#endif
+
+template <int R>
+void RowsAwq(const WeightView& w, int64_t r, const float* x, int64_t ldx, int n, GemmOut out) {
+  int t = 0;
+  if constexpr (R * kAwqTokens <= kAwqMaxAcc) {
+    for (; t + kAwqTokens <= n; t += kAwqTokens) TileAwq<R, kAwqTokens>(w, r, x, ldx, t, out);
+  } else {
+    for (; t + kAwqTokens <= n; t += kAwqTokens) {
+      TileAwq<R / 2, kAwqTokens>(w, r, x, ldx, t, out);
+      TileAwq<R / 2, kAwqTokens>(w, r + R / 2, x, ldx, t, out);
+    }
+  }
+  for (; t < n; ++t) TileAwq<R, 1>(w, r, x, ldx, t, out);
+}
+
+#if defined(__AVX512F__)
+// AWQ at decode without gathers: 16 outputs (two int32 words, o % 8 == 0) x one token, inputs k
+// in order. Row k's two words are loaded with one 8-byte load and spread to the 16 output lanes
+// (natural order: vpermd + per-lane shift); acc[j] holds, for each of the 16 outputs, lane j of
+// its F32-order accumulator (the inputs k ≡ j mod 16), and the vertical tree acc[j] + acc[j + 8],
+// ... at the end is Reduce16 of every output: the F32 order exactly. The weight is
+// fma(float(q), s, -(z·s)), which equals float(q - z)·s exactly (every term is exact in float32
+// for 4-bit q, z and an f16 scale). Per 16 inputs x 16 outputs: 16 loads, 16 x (vpermd, vpsrlvd,
+// vpand, vcvtdq2ps, 2 fma).
+void AwqDecode16(const WeightView& w, int64_t r, const float* x, float* y) {
+  const QuantParts& q = w.quant;
+  const int64_t o = q.row0 + r;
+  const int64_t words = q.full_rows / 8;
+  const uint8_t* base = w.data + 4 * (o / 8);
+  const int64_t stride = 4 * words;
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i shifts =
+      _mm512_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28, 0, 16, 4, 20, 8, 24, 12, 28);
+  const __m512i m15 = _mm512_set1_epi32(15);
+  auto nibbles = [&](const uint8_t* p) {
+    const __m512i v = _mm512_permutexvar_epi32(
+        spread, _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(v, shifts), m15));
+  };
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+  __m512 s = _mm512_setzero_ps(), nzs = _mm512_setzero_ps();
+  int64_t group = q.col0 / q.group - 1;
+  int64_t group_end = q.col0;
+  for (int64_t c = 0; c < w.cols; c += 16) {
+    const int64_t k = q.col0 + c;
+    if (k >= group_end) {
+      ++group;
+      group_end = (group + 1) * q.group;
+      const __m512 z = nibbles(q.zeros + 4 * (group * words + o / 8));
+      s = _mm512_cvtph_ps(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(q.scales + 2 * (group * q.full_rows + o))));
+      nzs = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s));
+    }
+    const uint8_t* p = base + k * stride;
+    _mm_prefetch(reinterpret_cast<const char*>(p + 32 * stride), _MM_HINT_T0);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) {
+      const __m512 wv = _mm512_fmadd_ps(nibbles(p + j * stride), s, nzs);
+      acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[c + j]), acc[j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) acc[j] = _mm512_add_ps(acc[j], acc[j + 8]);
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) acc[j] = _mm512_add_ps(acc[j], acc[j + 4]);
+  acc[0] = _mm512_add_ps(acc[0], acc[2]);
+  acc[1] = _mm512_add_ps(acc[1], acc[3]);
+  _mm512_storeu_ps(y + r, _mm512_add_ps(acc[0], acc[1]));
+}
+#endif
+
+void GemmAwq(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
+             GemmOut out, float* scratch) {
+  const int64_t row0 = w.quant.row0;
+  if (n > kFusedMaxTokens) {  // a whole word (8 outputs) per gather when aligned
+    static_assert(kGemmScratchRows >= 8);
+    for (int64_t r = r0; r < r1;) {
+      if ((row0 + r) % 8 == 0 && r + 8 <= r1) {
+        DecodeAwq<8>(w, r, scratch);
+        TilesOverDecoded(scratch, 8, w.cols, x, ldx, n, out, r);
+        r += 8;
+      } else {
+        DecodeAwq<1>(w, r, scratch);
+        TilesOverDecoded(scratch, 1, w.cols, x, ldx, n, out, r);
+        r += 1;
+      }
+    }
+    return;
+  }
+  int64_t r = r0;
+#if defined(__AVX512F__)
+  for (; r < r1 && (row0 + r) % 8 != 0; ++r) RowsAwq<1>(w, r, x, ldx, n, out);
+  for (; r + 16 <= r1; r += 16) {
+    for (int t = 0; t < n; ++t) AwqDecode16(w, r, x + t * ldx, out.y + t * out.ldy);
+  }
+#endif
+  for (; r < r1 && (row0 + r) % kAwqRows != 0; ++r) RowsAwq<1>(w, r, x, ldx, n, out);
+  for (; r + kAwqRows <= r1; r += kAwqRows) RowsAwq<kAwqRows>(w, r, x, ldx, n, out);
+  for (; r < r1; ++r) RowsAwq<1>(w, r, x, ldx, n, out);
+}
+
 void GemmF32(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_t ldx, int n,
              GemmOut out, float* scratch) {
   switch (w.dtype) {
@@ -580,12 +1095,26 @@ void GemmF32(const WeightView& w, int64_t r0, int64_t r1, const float* x, int64_
       return GemmF32Typed<DType::kQ4_1>(w, r0, r1, x, ldx, n, out);
     case DType::kQ8_0:
       return GemmF32Typed<DType::kQ8_0>(w, r0, r1, x, ldx, n, out);
+    case DType::kInt8Channel:
+      if (QuantChunked(w)) return GemmInt8(w, r0, r1, x, ldx, n, out, scratch);
+      break;
+    case DType::kAwqInt4:
+      if (QuantChunked(w)) return GemmAwq(w, r0, r1, x, ldx, n, out, scratch);
+      break;
+    case DType::kNf4:
+      if (QuantChunked(w)) return GemmNf4(w, r0, r1, x, ldx, n, out, scratch);
+      break;
     default:
       break;
   }
   // Any other type: one row at a time through DequantizeRow (cols floats of scratch).
+  const bool quantized = IsQuantizedLinear(w.dtype);
   for (int64_t r = r0; r < r1; ++r) {
-    (void)DequantizeRow(w.dtype, w.data + r * w.row_stride, w.cols, scratch);
+    if (quantized) {
+      DequantizeQuantizedRow(w.dtype, w.data, w.quant, r, w.cols, scratch);
+    } else {
+      (void)DequantizeRow(w.dtype, w.data + r * w.row_stride, w.cols, scratch);
+    }
     const uint8_t* row = reinterpret_cast<const uint8_t*>(scratch);
     RowsF32<DType::kF32, 1>(&row, w.cols, x, ldx, n, out, r);
   }

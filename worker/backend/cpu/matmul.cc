@@ -15,7 +15,7 @@ absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.
 constexpr int64_t kInlineQuantize = 1 << 16;
 // Rows per task: a multiple of the kernels' row tile, about 4 tasks per thread so that uneven
 // progress balances, and never so few rows that claiming a task costs more than running it.
-constexpr int64_t kRowAlign = 4;
+constexpr int64_t kRowAlign = 16;  // also two int32 words of AWQ outputs
 constexpr int64_t kMinTaskRows = 16;
 
 }  // namespace
@@ -32,6 +32,21 @@ absl::StatusOr<std::unique_ptr<CpuMatrix>> MakeCpuMatrix(const TensorView& w) {
   if (!CanDequantize(w.dtype)) {
     return absl::UnimplementedError(absl::StrCat(
         "tensor '", w.name, "': the CPU backend cannot multiply dtype ", Sv(DTypeName(w.dtype))));
+  }
+  if (IsQuantizedLinear(w.dtype)) {
+    absl::Status status = CheckQuantParts(w);
+    if (!status.ok()) return status;
+    if (w.shape[0] <= 0 || w.shape[1] <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", w.name, "': empty matrix ", ShapeString(w.shape)));
+    }
+    WeightView view;
+    view.data = w.data;
+    view.rows = w.shape[0];
+    view.cols = w.shape[1];
+    view.dtype = w.dtype;
+    view.quant = w.quant;
+    return std::make_unique<CpuMatrix>(view);
   }
   const DTypeInfo& info = GetDTypeInfo(w.dtype);
   if (w.shape[0] <= 0 || w.shape[1] <= 0 ||
@@ -79,9 +94,9 @@ void MatmulRunner::Run(const float* x, int n, absl::Span<const MatmulOutput> out
                 [&](int t, int) { kernels_.quantize_q8(x + t * cols, cols, xq_.data() + t * nb); });
     }
   }
-  // One row of floats per thread for types dequantized a row at a time.
+  // Rows of floats per thread for weights dequantized before the f32 tiles (kernels.h).
   for (std::vector<float>& s : row_scratch_) {
-    if (s.size() < static_cast<size_t>(cols)) s.resize(cols);
+    if (s.size() < static_cast<size_t>(kGemmScratchRows * cols)) s.resize(kGemmScratchRows * cols);
   }
 
   const int64_t threads = pool_.size();
