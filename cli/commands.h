@@ -69,6 +69,34 @@ struct HashKeyOptions {
 // Prints the lowercase hex SHA-256 of the key: what the gateway config's api_keys hold.
 int RunHashKey(const HashKeyOptions& options);
 
+// --- hub_sync clients (`pull`, `models`) ---
+
+struct PullOptions {
+  std::string target = "127.0.0.1:50071";  // hub_sync's gRPC address
+  std::string repo;                        // ORG/NAME[@REVISION]
+  std::vector<std::string> quantize;       // scheme lists, "int4,nf4"
+  std::vector<std::string> include;        // allow patterns
+  std::vector<std::string> exclude;        // ignore patterns
+  std::string from_file;                   // a GGUF to import instead of downloading
+  std::string as;                          // ORG/NAME[@BRANCH] of the import
+  bool verify = false;                     // re-hash files already in the cache
+  bool quiet = false;                      // no progress output
+};
+// Runs HubSync.Sync and shows its progress on stderr: a redrawn bar on a terminal (phase, files,
+// bytes, rate, ETA, current file), a line per phase and every 2 s otherwise. On success prints
+// "ORG/NAME@REV COMMIT (N files, SIZE[, quantized: ...])" on stdout and returns 0; on error the
+// gRPC code and message on stderr and 1.
+int RunPull(const PullOptions& options);
+
+struct ModelsOptions {
+  std::string target = "127.0.0.1:50071";
+  std::string prefix;  // only repositories starting with this
+  std::string remove;  // ORG/NAME[@REVISION]: delete it instead of listing
+};
+// Lists the cache (HubSync.List) as a table, or deletes a repository or revision
+// (HubSync.Delete).
+int RunModels(const ModelsOptions& options);
+
 // --- in-process generation and scoring (`run`, `perplexity`) ---
 
 struct RunOptions {

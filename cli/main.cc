@@ -85,6 +85,33 @@ int main(int argc, char** argv) {
       "Print the SHA-256 (lowercase hex) of an API key, as the gateway's api_keys hold it");
   hash_key_cmd->add_option("key", hash_key.key, "The key, or - to read it from stdin")->required();
 
+  cli::PullOptions pull;
+  CLI::App* pull_cmd = app.add_subcommand(
+      "pull",
+      "Mirror a Hub repository into the shared cache through hub_sync (as huggingface-cli "
+      "download / ollama pull), optionally quantizing it; or import a GGUF file");
+  pull_cmd->add_option("repo", pull.repo, "ORG/NAME[@REVISION] (branch, tag or commit)");
+  pull_cmd->add_option("--target", pull.target, "host:port of hub_sync's gRPC API")
+      ->capture_default_str();
+  pull_cmd->add_option("--quantize", pull.quantize,
+                       "Also write these quantized artifacts: int8, int4, nf4 (comma-separated)");
+  pull_cmd->add_option("--include", pull.include, "Glob of files to fetch (repeatable)");
+  pull_cmd->add_option("--exclude", pull.exclude, "Glob of files to skip (repeatable)");
+  pull_cmd->add_option("--from-file", pull.from_file,
+                       "Import this GGUF file (readable by hub_sync) instead of downloading");
+  pull_cmd->add_option("--as", pull.as, "ORG/NAME[@BRANCH] the --from-file import is cached as");
+  pull_cmd->add_flag("--verify", pull.verify, "Re-hash files already in the cache");
+  pull_cmd->add_flag("--quiet,-q", pull.quiet, "No progress output");
+
+  cli::ModelsOptions models;
+  CLI::App* models_cmd = app.add_subcommand(
+      "models", "List the repositories in hub_sync's cache, or delete one (--rm)");
+  models_cmd->add_option("--target", models.target, "host:port of hub_sync's gRPC API")
+      ->capture_default_str();
+  models_cmd->add_option("--prefix", models.prefix, "Only repositories starting with this");
+  models_cmd->add_option("--rm", models.remove,
+                         "Delete ORG/NAME (or ORG/NAME@REVISION) from the cache");
+
   cli::RunOptions run;
   CLI::App* run_cmd = app.add_subcommand(
       "run",
@@ -138,6 +165,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   if (inspect_cmd->parsed()) return cli::RunInspect(inspect);
+  if (pull_cmd->parsed()) return cli::RunPull(pull);
+  if (models_cmd->parsed()) return cli::RunModels(models);
   if (tokenize_cmd->parsed()) return cli::RunTokenize(tokenize);
   if (template_cmd->parsed()) return cli::RunTemplate(tmpl);
   if (chat_cmd->parsed()) return cli::RunChat(chat);

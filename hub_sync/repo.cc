@@ -32,8 +32,7 @@ bool IsRepoNameChar(char c) {
 
 absl::Status CheckRepoPart(absl::string_view id, absl::string_view part, absl::string_view what) {
   auto invalid = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("repo id \"", id, "\": the ", what, " ", why));
+    return absl::InvalidArgumentError(absl::StrCat("repo id \"", id, "\": the ", what, " ", why));
   };
   if (part.empty()) return invalid("is empty");
   if (part.size() > kMaxRepoPartLength) {
@@ -97,8 +96,8 @@ size_t Utf8SequenceLength(absl::string_view s, size_t i) {
 absl::Status CheckSegments(absl::string_view path, absl::string_view what) {
   for (absl::string_view segment : absl::StrSplit(path, '/')) {
     if (segment.empty() || segment == "." || segment == "..") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " \"", absl::CHexEscape(path), "\" has an empty, \".\" or \"..\" segment"));
+      return absl::InvalidArgumentError(absl::StrCat(what, " \"", absl::CHexEscape(path),
+                                                     "\" has an empty, \".\" or \"..\" segment"));
     }
     if (segment.size() > kMaxSegmentLength) {
       return absl::InvalidArgumentError(absl::StrCat(what, " \"", absl::CHexEscape(path),
@@ -130,8 +129,8 @@ std::string RepoId::ArtifactFolder() const { return absl::StrCat(org, "--", name
 absl::StatusOr<RepoId> ParseRepoId(absl::string_view id) {
   const size_t slash = id.find('/');
   if (slash == absl::string_view::npos || id.find('/', slash + 1) != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("repo id \"", absl::CHexEscape(id),
-                                                   "\" is not of the form ORG/NAME"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("repo id \"", absl::CHexEscape(id), "\" is not of the form ORG/NAME"));
   }
   RepoId repo{std::string(id.substr(0, slash)), std::string(id.substr(slash + 1))};
   RETURN_IF_ERROR(CheckRepoPart(id, repo.org, "organization"));
@@ -151,8 +150,7 @@ absl::StatusOr<RepoId> RepoIdFromCacheFolder(absl::string_view folder) {
     return absl::InvalidArgumentError(
         absl::StrCat("cache folder \"models--", folder, "\" is not models--ORG--NAME"));
   }
-  return ParseRepoId(
-      absl::StrCat(folder.substr(0, separator), "/", folder.substr(separator + 2)));
+  return ParseRepoId(absl::StrCat(folder.substr(0, separator), "/", folder.substr(separator + 2)));
 }
 
 bool IsCommitSha(absl::string_view s) { return IsLowerHex(s, 40); }
@@ -167,8 +165,8 @@ absl::Status ValidateRevision(absl::string_view revision) {
   }
   for (char c : revision) {
     if (IsControl(static_cast<unsigned char>(c)) || c == '\\') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "revision \"", absl::CHexEscape(revision), "\" contains a control character or '\\'"));
+      return absl::InvalidArgumentError(absl::StrCat("revision \"", absl::CHexEscape(revision),
+                                                     "\" contains a control character or '\\'"));
     }
   }
   return CheckSegments(revision, "revision");
@@ -221,8 +219,8 @@ bool PathSelected(absl::string_view path, const std::vector<std::string>& allow,
 const std::vector<std::string>& DefaultAllowPatterns() {
   static const auto* const kPatterns = new std::vector<std::string>{
       // Weights, configs (and the sharded index), tokenizers of every kind, chat templates.
-      "*.safetensors", "*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt",
-      "*.jinja"};
+      "*.safetensors", "*.json",    "tokenizer.model", "*.tiktoken",
+      "merges.txt",    "vocab.txt", "*.jinja"};
   return *kPatterns;
 }
 

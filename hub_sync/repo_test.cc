@@ -70,10 +70,10 @@ TEST(RepoTest, ValidatesRevisions) {
   for (const char* ok : {"main", "v1.0", "refs/pr/1", "0123456789abcdef0123456789abcdef01234567"}) {
     EXPECT_TRUE(ValidateRevision(ok).ok()) << ok;
   }
-  for (const std::string& bad : {std::string(""), std::string("../main"), std::string("a//b"),
-                                std::string("/main"), std::string("main/"), std::string("a\\b"),
-                                std::string("a\nb"), std::string("a\0b", 3),
-                                std::string(257, 'a')}) {
+  for (const std::string& bad :
+       {std::string(""), std::string("../main"), std::string("a//b"), std::string("/main"),
+        std::string("main/"), std::string("a\\b"), std::string("a\nb"), std::string("a\0b", 3),
+        std::string(257, 'a')}) {
     absl::Status status = ValidateRevision(bad);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(std::string(status.message()), HasSubstr("revision")) << bad;
@@ -81,8 +81,8 @@ TEST(RepoTest, ValidatesRevisions) {
 }
 
 TEST(RepoTest, ValidatesRepoPaths) {
-  for (const char* ok : {"config.json", "onnx/model.onnx", "a b/ü ñ.txt", ".gitattributes",
-                         "sub/.hidden/x"}) {
+  for (const char* ok :
+       {"config.json", "onnx/model.onnx", "a b/ü ñ.txt", ".gitattributes", "sub/.hidden/x"}) {
     EXPECT_TRUE(ValidateRepoPath(ok).ok()) << ok << ValidateRepoPath(ok);
   }
   struct Case {
@@ -98,11 +98,13 @@ TEST(RepoTest, ValidatesRepoPaths) {
       {"a//b", "segment"},
       {"a/", "segment"},
       {std::string("a\0b", 3), "control"},
-      {"a\x01" "b", "control"},
+      {"a\x01"
+       "b",
+       "control"},
       {"a\x7f", "control"},
       {"a\\..\\b", "backslash"},
       {"\xff\xfe", "UTF-8"},
-      {"\xc0\xaf", "UTF-8"},  // overlong '/'
+      {"\xc0\xaf", "UTF-8"},      // overlong '/'
       {"\xed\xa0\x80", "UTF-8"},  // surrogate
       {std::string(1025, 'a'), "longer than 1024"},
       {std::string(256, 'a') + "/b", "segment longer"},

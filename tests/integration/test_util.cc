@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "gtest/gtest.h"
 
 namespace shardserve::testing {
 
@@ -29,7 +28,9 @@ std::string Tail(const std::string& path, size_t n) {
 }
 
 std::string MakeTempDir(const std::string& prefix) {
-  std::string pattern = absl::StrCat(::testing::TempDir(), "/", prefix, "XXXXXX");
+  std::error_code error;
+  const std::string base = std::filesystem::temp_directory_path(error).string();
+  std::string pattern = absl::StrCat(error ? "/tmp" : base, "/", prefix, "XXXXXX");
   if (mkdtemp(pattern.data()) == nullptr) return "";
   return pattern;
 }

@@ -12,8 +12,8 @@ std::string ReadFile(const std::string& path);
 // The last `n` lines of a log file, for failure messages.
 std::string Tail(const std::string& path, size_t n = 15);
 
-// A new empty folder under the test's temporary directory, named after `prefix`; removed with
-// everything in it by RemoveTree.
+// A new empty folder under the temporary directory ($TMPDIR, else /tmp), named after `prefix`;
+// removed with everything in it by RemoveTree.
 std::string MakeTempDir(const std::string& prefix);
 void RemoveTree(const std::string& path);
 
