@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -25,6 +26,22 @@
 #include "hub_sync/cache_fs.h"
 
 namespace shardserve::hub {
+
+absl::StatusOr<std::string> DefaultCacheRoot(const char* (*getenv_fn)(const char*)) {
+  const auto env = [getenv_fn](const char* name) -> std::string {
+    const char* value = getenv_fn != nullptr ? getenv_fn(name) : std::getenv(name);
+    return value == nullptr ? "" : value;
+  };
+  std::string dir = env("SHARDSERVE_CACHE");
+  if (!dir.empty()) return dir;
+  const std::string home = env("HOME");
+  if (home.empty()) {
+    return absl::InvalidArgumentError(
+        "key 'cache_dir': not set, and neither $SHARDSERVE_CACHE nor $HOME is");
+  }
+  return home + "/.cache/shardserve";
+}
+
 namespace {
 
 using cache_fs::Concat;

@@ -3,11 +3,12 @@
 //
 //   hub/models--{org}--{name}/blobs/{etag}                    content, named by its etag
 //   hub/models--{org}--{name}/blobs/{etag}.incomplete         a download in progress (resumable)
-//   hub/models--{org}--{name}/snapshots/{commit}/{path}       relative symlink to ../../blobs/{etag}
-//   hub/models--{org}--{name}/refs/{revision}                 40-hex commit, no newline
-//   hub/models--{org}--{name}/.no_exist/{commit}/{path}       empty: known-missing file
+//   hub/models--{org}--{name}/snapshots/{commit}/{path}       relative symlink to
+//   ../../blobs/{etag} hub/models--{org}--{name}/refs/{revision}                 40-hex commit, no
+//   newline hub/models--{org}--{name}/.no_exist/{commit}/{path}       empty: known-missing file
 //   hub/.locks/models--{org}--{name}/{etag}.lock              per-blob lock (flock)
-//   shardserve/{org}--{name}/{commit}/{scheme}/               quantized artifact (manifest.json last)
+//   shardserve/{org}--{name}/{commit}/{scheme}/               quantized artifact (manifest.json
+//   last)
 //
 // Invariants every writer keeps, so readers (huggingface_hub with HF_HUB_OFFLINE=1, transformers,
 // vLLM, our workers) never see a partial state:
@@ -71,7 +72,7 @@ struct RevisionInfo {
 struct RepoInfo {
   RepoId repo;
   std::vector<RevisionInfo> revisions;  // sorted by commit
-  uint64_t size_bytes = 0;  // all blobs of the repo + all its artifacts
+  uint64_t size_bytes = 0;              // all blobs of the repo + all its artifacts
 };
 
 struct DeleteResult {
@@ -79,14 +80,19 @@ struct DeleteResult {
   std::vector<std::string> removed;  // paths relative to the cache root, sorted
 };
 
+// The cache root when none is configured, as every service finds it: $SHARDSERVE_CACHE, else
+// $HOME/.cache/shardserve; INVALID_ARGUMENT when neither is set. `getenv_fn` is injectable for
+// tests (nullptr: std::getenv).
+absl::StatusOr<std::string> DefaultCacheRoot(const char* (*getenv_fn)(const char*) = nullptr);
+
 class HubCache {
  public:
   // `root` is $CACHE (created if missing); the HF cache is root/hub, artifacts root/shardserve.
   static absl::StatusOr<HubCache> Open(const std::string& root);
 
   const std::string& root() const { return root_; }
-  std::string HubDir() const;                                      // root/hub
-  std::string RepoDir(const RepoId& repo) const;                   // root/hub/models--org--name
+  std::string HubDir() const;                     // root/hub
+  std::string RepoDir(const RepoId& repo) const;  // root/hub/models--org--name
   std::string BlobPath(const RepoId& repo, absl::string_view etag) const;
   std::string IncompleteBlobPath(const RepoId& repo, absl::string_view etag) const;
   std::string SnapshotDir(const RepoId& repo, absl::string_view commit) const;
@@ -142,8 +148,7 @@ class HubCache {
 
   // The commit for `revision`: itself when it is a commit whose snapshot folder exists, else the
   // content of refs/{revision}. NOT_FOUND naming repo and revision otherwise.
-  absl::StatusOr<std::string> ResolveRevision(const RepoId& repo,
-                                              absl::string_view revision) const;
+  absl::StatusOr<std::string> ResolveRevision(const RepoId& repo, absl::string_view revision) const;
   // The files of a snapshot, from its links (etag = link target's name, size = blob size,
   // lfs = etag has 64 hex digits), sorted by path. Links that do not point at an existing blob of
   // the repo are skipped. NOT_FOUND when the snapshot does not exist.

@@ -12,6 +12,7 @@
 #include "common/mapped_file.h"
 #include "common/status_macros.h"
 #include "common/yaml_config.h"
+#include "hub_sync/cache.h"
 #include "hub_sync/repo.h"
 #include "yaml-cpp/yaml.h"
 
@@ -204,15 +205,7 @@ absl::Status FinalizeHubSyncConfig(HubSyncConfig* config, const char* (*getenv_f
     return value == nullptr ? "" : value;
   };
   if (config->cache_dir.empty()) {
-    config->cache_dir = env("SHARDSERVE_CACHE");
-    if (config->cache_dir.empty()) {
-      const std::string home = env("HOME");
-      if (home.empty()) {
-        return absl::InvalidArgumentError(
-            "key 'cache_dir': not set, and neither $SHARDSERVE_CACHE nor $HOME is");
-      }
-      config->cache_dir = home + "/.cache/shardserve";
-    }
+    ASSIGN_OR_RETURN(config->cache_dir, DefaultCacheRoot(getenv_fn));
   }
   if (config->endpoint.empty()) {
     const std::string endpoint = env("HF_ENDPOINT");

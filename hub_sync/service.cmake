@@ -3,7 +3,7 @@
 find_package(CLI11 CONFIG REQUIRED)
 
 shardserve_library(NAME hub_sync_config SRCS hub_sync_config.cc HDRS hub_sync_config.h
-  DEPS hub_repo yaml_config mapped_file status_macros absl::strings)
+  DEPS hub_repo hub_cache yaml_config mapped_file status_macros absl::strings)
 shardserve_test(NAME hub_sync_config_test SRCS hub_sync_config_test.cc DEPS hub_sync_config)
 
 shardserve_library(NAME hub_sync_jobs SRCS sync_job.cc HDRS sync_job.h

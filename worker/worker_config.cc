@@ -190,21 +190,6 @@ absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config)
   return ParseWorkerConfigYaml(text, path, config);
 }
 
-absl::StatusOr<std::string> DefaultCacheDir(const char* (*getenv_fn)(const char*)) {
-  const auto env = [getenv_fn](const char* name) -> std::string {
-    const char* value = getenv_fn != nullptr ? getenv_fn(name) : std::getenv(name);
-    return value == nullptr ? "" : value;
-  };
-  std::string dir = env("SHARDSERVE_CACHE");
-  if (!dir.empty()) return dir;
-  const std::string home = env("HOME");
-  if (home.empty()) {
-    return absl::InvalidArgumentError(
-        "key 'cache_dir': not set, and neither $SHARDSERVE_CACHE nor $HOME is");
-  }
-  return home + "/.cache/shardserve";
-}
-
 namespace {
 
 // A value that names an existing file or directory, starts with '/' or '.', or ends in .gguf is
@@ -219,7 +204,7 @@ bool LooksLikePath(const std::string& model) {
 absl::Status ResolveRepoModel(WorkerConfig* config, const hub::RepoId& repo,
                               const char* (*getenv_fn)(const char*)) {
   if (config->cache_dir.empty()) {
-    ASSIGN_OR_RETURN(config->cache_dir, DefaultCacheDir(getenv_fn));
+    ASSIGN_OR_RETURN(config->cache_dir, hub::DefaultCacheRoot(getenv_fn));
   }
   const std::string id = repo.ToString();
   const std::string pull =

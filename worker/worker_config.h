@@ -94,9 +94,6 @@ absl::Status LoadWorkerConfigFile(const std::string& path, WorkerConfig* config)
 absl::Status FinalizeWorkerConfig(WorkerConfig* config,
                                   const char* (*getenv_fn)(const char*) = nullptr);
 
-// $SHARDSERVE_CACHE, else $HOME/.cache/shardserve; INVALID_ARGUMENT when neither is set.
-absl::StatusOr<std::string> DefaultCacheDir(const char* (*getenv_fn)(const char*) = nullptr);
-
 // The served name derived from a model path: a GGUF file's base name without ".gguf" and a
 // trailing quantization tag ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"), a
 // directory's name, or "org/name" for a Hugging Face cache snapshot

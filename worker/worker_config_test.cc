@@ -345,13 +345,13 @@ TEST_F(RepoModelTest, MissingCacheIsNotFoundAndNotCreated) {
 
 TEST_F(RepoModelTest, DefaultCacheDirComesFromTheEnvironment) {
   FakeEnv() = {{"HOME", "/home/someone"}};
-  absl::StatusOr<std::string> dir = DefaultCacheDir(FakeGetenv);
+  absl::StatusOr<std::string> dir = hub::DefaultCacheRoot(FakeGetenv);
   ASSERT_TRUE(dir.ok()) << dir.status();
   EXPECT_EQ(*dir, "/home/someone/.cache/shardserve");
   FakeEnv() = {{"SHARDSERVE_CACHE", "/vol"}, {"HOME", "/home/someone"}};
-  EXPECT_EQ(*DefaultCacheDir(FakeGetenv), "/vol");
+  EXPECT_EQ(*hub::DefaultCacheRoot(FakeGetenv), "/vol");
   FakeEnv().clear();
-  dir = DefaultCacheDir(FakeGetenv);
+  dir = hub::DefaultCacheRoot(FakeGetenv);
   EXPECT_EQ(dir.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(dir.status().message(), HasSubstr("$SHARDSERVE_CACHE"));
   WorkerConfig config = Repo("org/model");

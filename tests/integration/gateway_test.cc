@@ -49,12 +49,15 @@
 #include "shardserve/worker/v1/worker.grpc.pb.h"
 #include "tests/integration/chat_stream.h"
 #include "tests/integration/subprocess.h"
+#include "tests/integration/test_util.h"
 #include "worker/text/model_text.h"
 
 namespace shardserve {
 namespace {
 
 using ::shardserve::testing::FindOnPath;
+using ::shardserve::testing::ReadFile;
+using ::shardserve::testing::Tail;
 
 namespace chatpb = ::shardserve::chat::v1;
 using testing::StreamResult;
@@ -83,20 +86,6 @@ std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
 double MillisSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
       .count();
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// The last `n` lines of a log file, for failure messages.
-std::string Tail(const std::string& path, size_t n = 15) {
-  std::vector<std::string> lines = absl::StrSplit(ReadFile(path), '\n');
-  const size_t from = lines.size() > n ? lines.size() - n : 0;
-  return absl::StrJoin(lines.begin() + from, lines.end(), "\n");
 }
 
 // VmRSS / VmHWM of a process in KiB (0 when unreadable).
